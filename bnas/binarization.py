@@ -241,3 +241,11 @@ def projection_loss(model: nn.Module, lam: float, eta: float = 0.0) -> torch.Ten
     if total is None:
         return torch.zeros(())
     return 0.5 * lam * total
+
+
+def reset_projection_terms(model: nn.Module) -> None:
+    """Forget the PCNN terms of earlier forward passes (e.g. an architecture step's, whose graph
+    is already freed) so that :func:`projection_loss` sees only the coming forward pass."""
+    for m in model.modules():
+        if getattr(m, "_proj_terms", None) is not None:
+            m._proj_terms = None

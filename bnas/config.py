@@ -61,9 +61,7 @@ class DataConfig:
     """Which images, where they are, and how much of them a run uses."""
 
     dataset: str = setting("cifar10", "[D]", "registry name: cifar10, cifar100 or folder")
-    root: str | None = setting(
-        None, "[D]", "dataset folder; None reads $BNAS_DATA_ROOT, else ./data"
-    )
+    root: str | None = setting(None, "[D]", "dataset folder; None reads $BNAS_DATA_ROOT, else ./data")
     download: bool = setting(False, "[D]", "fetch the official archive when missing")
     image_size: int = setting(32, "[C]", "side of the square input; CPU configs use 16 or less")
     train_subset: int | None = setting(None, "[D]", "use only this many training images")
@@ -137,11 +135,13 @@ class SearchConfig:
         if self.layers >= 1 and self.layers < 3:
             errs.append(("layers", f"needs >= 3 cells (two of them reduction cells), got {self.layers}"))
         if self.sampling_k >= 1 and self.init_channels % self.sampling_k:
-            errs.append((
-                "init_channels",
-                f"{self.init_channels} is not divisible by sampling_k={self.sampling_k}; "
-                f"choose a multiple of {self.sampling_k}",
-            ))
+            errs.append(
+                (
+                    "init_channels",
+                    f"{self.init_channels} is not divisible by sampling_k={self.sampling_k}; "
+                    f"choose a multiple of {self.sampling_k}",
+                )
+            )
         if not self.ops:
             errs.append(("ops", "needs at least one operation"))
         bad = [o for o in self.ops if o not in ALL_OPS]
@@ -191,10 +191,12 @@ class ReductionConfig:
         if self.warmup_epochs < 0:
             errs.append(("warmup_epochs", f"must be >= 0, got {self.warmup_epochs}"))
         elif self.epochs_per_stage >= 1 and self.warmup_epochs > self.epochs_per_stage:
-            errs.append((
-                "warmup_epochs",
-                f"{self.warmup_epochs} exceeds epochs_per_stage={self.epochs_per_stage}",
-            ))
+            errs.append(
+                (
+                    "warmup_epochs",
+                    f"{self.warmup_epochs} exceeds epochs_per_stage={self.epochs_per_stage}",
+                )
+            )
         if self.temperature <= 0:
             errs.append(("temperature", f"must be > 0, got {self.temperature}"))
         if self.ucb_c < 0:
@@ -255,6 +257,9 @@ class ExperimentConfig:
 
     seed: int = setting(0, "[D]", "seed for weights, data split and sampling")
     device: str = setting("auto", "[D]", "auto, cpu, cuda or cuda:N")
+    threads: int | None = setting(
+        None, "[D]", "CPU threads for torch; null = torch's default. Tiny CPU runs are fastest with 1"
+    )
     data: DataConfig = field(default_factory=DataConfig)
     binarization: BinarizationConfig = field(default_factory=BinarizationConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
@@ -266,6 +271,8 @@ class ExperimentConfig:
         dev = self.device
         if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
             errs.append(("device", f"{dev!r} is not valid; use auto, cpu, cuda or cuda:N"))
+        if self.threads is not None and self.threads < 1:
+            errs.append(("threads", f"must be >= 1 or null, got {self.threads}"))
         # Registry names are checked here (lazily imported: the registries live in their modules).
         from bnas.binarization import BINARIZATIONS
         from bnas.data import DATASETS
@@ -421,9 +428,7 @@ def parse_overrides(items: list[str] | None, source: str = "--set") -> dict[str,
     return out
 
 
-def apply_overrides(
-    data: dict[str, Any], overrides: dict[str, Any], source: str = "--set"
-) -> dict[str, Any]:
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any], source: str = "--set") -> dict[str, Any]:
     """Set dotted keys in a nested dict (a deep copy); unknown sections are caught by the loader."""
     data = copy.deepcopy(data or {})
     for dotted, value in overrides.items():
@@ -438,7 +443,9 @@ def apply_overrides(
     return data
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> ExperimentConfig:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | dict | None = None
+) -> ExperimentConfig:
     """Load a YAML experiment file (or the defaults when ``path`` is None) plus ``--set`` overrides."""
     data = read_yaml(path) if path else {}
     source = str(path) if path else "<defaults>"
@@ -460,6 +467,12 @@ def describe_settings(cls: type = ExperimentConfig, prefix: str = "") -> list[tu
         if dataclasses.is_dataclass(hints[f.name]):
             rows += describe_settings(hints[f.name], f"{prefix}{f.name}.")
         else:
-            rows.append((f"{prefix}{f.name}", getattr(default, f.name), f.metadata.get("source", ""),
-                         f.metadata.get("doc", "")))
+            rows.append(
+                (
+                    f"{prefix}{f.name}",
+                    getattr(default, f.name),
+                    f.metadata.get("source", ""),
+                    f.metadata.get("doc", ""),
+                )
+            )
     return rows

@@ -56,7 +56,9 @@ class Genotype:
                 raise GenotypeError(f"{cell}_concat: must name at least one node")
             for c in concat:
                 if not isinstance(c, int) or not 2 <= c < 2 + steps:
-                    raise GenotypeError(f"{cell}_concat: node {c!r} is not an intermediate node 2..{steps + 1}")
+                    raise GenotypeError(
+                        f"{cell}_concat: node {c!r} is not an intermediate node 2..{steps + 1}"
+                    )
 
     @property
     def steps(self) -> int:
@@ -89,7 +91,9 @@ class Genotype:
             raise GenotypeError(f"missing key(s) {missing}")
         extra = [k for k in d if k not in ("normal", "normal_concat", "reduce", "reduce_concat")]
         if extra:
-            raise GenotypeError(f"unknown key(s) {extra}; valid: normal, normal_concat, reduce, reduce_concat")
+            raise GenotypeError(
+                f"unknown key(s) {extra}; valid: normal, normal_concat, reduce, reduce_concat"
+            )
 
         def edges(name: str) -> tuple[Edge, ...]:
             out = []
@@ -115,8 +119,10 @@ class Genotype:
 
     def describe(self) -> str:
         def cell(edges: tuple[Edge, ...]) -> str:
-            pairs = [f"({edges[i][0]},{edges[i][1]}) ({edges[i + 1][0]},{edges[i + 1][1]})"
-                     for i in range(0, len(edges), 2)]
+            pairs = [
+                f"({edges[i][0]},{edges[i][1]}) ({edges[i + 1][0]},{edges[i + 1][1]})"
+                for i in range(0, len(edges), 2)
+            ]
             return " | ".join(pairs)
 
         return f"normal: {cell(self.normal)}\nreduce: {cell(self.reduce)}"
@@ -129,26 +135,83 @@ def _g(normal: list[Edge], reduce: list[Edge], nc=(2, 3, 4, 5), rc=(2, 3, 4, 5))
 GENOTYPES: Registry[Genotype] = Registry("reference genotype")
 
 # BNAS_XNOR_1, released with the paper's evaluation code [C] (method.md section 7).
-GENOTYPES.add("bnas_xnor", _g(
-    [("skip_connect", 1), ("dil_conv_3x3", 0), ("skip_connect", 0), ("dil_conv_5x5", 2),
-     ("max_pool_3x3", 1), ("max_pool_3x3", 0), ("dil_conv_5x5", 4), ("sep_conv_3x3", 2)],
-    [("sep_conv_3x3", 1), ("dil_conv_5x5", 0), ("skip_connect", 1), ("max_pool_3x3", 2),
-     ("dil_conv_5x5", 0), ("avg_pool_3x3", 3), ("skip_connect", 2), ("dil_conv_3x3", 4)],
-))
+GENOTYPES.add(
+    "bnas_xnor",
+    _g(
+        [
+            ("skip_connect", 1),
+            ("dil_conv_3x3", 0),
+            ("skip_connect", 0),
+            ("dil_conv_5x5", 2),
+            ("max_pool_3x3", 1),
+            ("max_pool_3x3", 0),
+            ("dil_conv_5x5", 4),
+            ("sep_conv_3x3", 2),
+        ],
+        [
+            ("sep_conv_3x3", 1),
+            ("dil_conv_5x5", 0),
+            ("skip_connect", 1),
+            ("max_pool_3x3", 2),
+            ("dil_conv_5x5", 0),
+            ("avg_pool_3x3", 3),
+            ("skip_connect", 2),
+            ("dil_conv_3x3", 4),
+        ],
+    ),
+)
 # PC-DARTS CIFAR-10 cell (Xu et al., ICLR 2020; genotypes.py of the released code).
-GENOTYPES.add("pc_darts", _g(
-    [("sep_conv_3x3", 1), ("skip_connect", 0), ("sep_conv_3x3", 0), ("dil_conv_3x3", 1),
-     ("sep_conv_5x5", 0), ("sep_conv_3x3", 1), ("avg_pool_3x3", 0), ("dil_conv_3x3", 1)],
-    [("sep_conv_5x5", 1), ("max_pool_3x3", 0), ("sep_conv_5x5", 1), ("sep_conv_5x5", 2),
-     ("sep_conv_3x3", 0), ("sep_conv_3x3", 3), ("sep_conv_3x3", 1), ("sep_conv_3x3", 2)],
-))
+GENOTYPES.add(
+    "pc_darts",
+    _g(
+        [
+            ("sep_conv_3x3", 1),
+            ("skip_connect", 0),
+            ("sep_conv_3x3", 0),
+            ("dil_conv_3x3", 1),
+            ("sep_conv_5x5", 0),
+            ("sep_conv_3x3", 1),
+            ("avg_pool_3x3", 0),
+            ("dil_conv_3x3", 1),
+        ],
+        [
+            ("sep_conv_5x5", 1),
+            ("max_pool_3x3", 0),
+            ("sep_conv_5x5", 1),
+            ("sep_conv_5x5", 2),
+            ("sep_conv_3x3", 0),
+            ("sep_conv_3x3", 3),
+            ("sep_conv_3x3", 1),
+            ("sep_conv_3x3", 2),
+        ],
+    ),
+)
 # DARTS (second order) CIFAR-10 cell, DARTS_V2 (Liu et al., ICLR 2019; genotypes.py).
-GENOTYPES.add("darts_v2", _g(
-    [("sep_conv_3x3", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("sep_conv_3x3", 1),
-     ("sep_conv_3x3", 1), ("skip_connect", 0), ("skip_connect", 0), ("dil_conv_3x3", 2)],
-    [("max_pool_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 2), ("max_pool_3x3", 1),
-     ("max_pool_3x3", 0), ("skip_connect", 2), ("skip_connect", 2), ("max_pool_3x3", 1)],
-))
+GENOTYPES.add(
+    "darts_v2",
+    _g(
+        [
+            ("sep_conv_3x3", 0),
+            ("sep_conv_3x3", 1),
+            ("sep_conv_3x3", 0),
+            ("sep_conv_3x3", 1),
+            ("sep_conv_3x3", 1),
+            ("skip_connect", 0),
+            ("skip_connect", 0),
+            ("dil_conv_3x3", 2),
+        ],
+        [
+            ("max_pool_3x3", 0),
+            ("max_pool_3x3", 1),
+            ("skip_connect", 2),
+            ("max_pool_3x3", 1),
+            ("max_pool_3x3", 0),
+            ("skip_connect", 2),
+            ("skip_connect", 2),
+            ("max_pool_3x3", 1),
+        ],
+    ),
+)
 
 
 def load_genotype(spec: str | Path) -> Genotype:

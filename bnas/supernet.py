@@ -1,0 +1,297 @@
+"""The search super-network: PC-DARTS cells of partial-channel mixed operations.
+
+Sources: PC-DARTS (Xu et al., ICLR 2020) and BNAS (Chen et al., AAAI 2020); method.md sections 2 and 5.
+
+* **Channel sampling.** A mixed operation sends the first ``C/K`` channels of its input through the
+  weighted sum of its candidate operations, ``sum_o softmax(alpha)_o * o(x[:, :C/K])``; the other
+  channels bypass (max-pooled 2x2 on stride-2 edges). The two parts are concatenated and
+  channel-shuffled with ``K`` groups, so every edge of the next cell sees other channels.
+* **Edge normalization.** One scalar ``beta`` per edge; node ``i`` sums its incoming edges weighted by
+  ``softmax(beta)`` over the edges that enter it.
+* **Operation space reduction.** Every edge holds its own list of remaining operations. Removing an
+  operation deletes its module from every cell of that type: it is no longer computed or held in
+  memory (the source of BNAS's speed). ``alpha`` keeps its full width (edges x all operations) so its
+  optimizer never changes shape; removed entries are masked out of the softmax.
+
+``alpha`` and ``beta`` are shared by all cells of a type (normal or reduction), as in DARTS.
+Operations are built for ``C/K`` channels with non-affine BatchNorm during search.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bnas.binarization import BinarySpec
+from bnas.operations import FactorizedReduce, ReLUConvBN, make_op
+
+CELL_TYPES = ("normal", "reduce")
+
+
+def num_edges(steps: int) -> int:
+    """Edges of a cell with ``steps`` intermediate nodes: node i (0-based) has 2 + i inputs."""
+    return sum(2 + i for i in range(steps))
+
+
+def edge_endpoints(steps: int) -> list[tuple[int, int]]:
+    """(source node, target node) of every edge in order; nodes 0, 1 are the cell inputs."""
+    out = []
+    for i in range(steps):
+        for j in range(2 + i):
+            out.append((j, 2 + i))
+    return out
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """(N, C, H, W): view channels as (groups, C/groups), transpose, flatten (ShuffleNet)."""
+    n, c, h, w = x.shape
+    return x.view(n, groups, c // groups, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
+
+
+class MixedOp(nn.Module):
+    """One edge: the remaining candidate operations on ``C/K`` sampled channels."""
+
+    def __init__(self, C: int, stride: int, op_names: list[str], k: int, spec: BinarySpec) -> None:
+        super().__init__()
+        if C % k:
+            raise ValueError(f"channels {C} not divisible by sampling K={k}")
+        self.C, self.stride, self.k = C, stride, k
+        self.ops = nn.ModuleDict({name: make_op(name, C // k, stride, False, spec) for name in op_names})
+        self.bypass_pool = nn.MaxPool2d(2, 2) if stride == 2 else None
+
+    @property
+    def op_names(self) -> list[str]:
+        return list(self.ops.keys())
+
+    def remove(self, name: str) -> None:
+        del self.ops[name]
+
+    def forward(
+        self, x: torch.Tensor, weights: torch.Tensor | None = None, only: str | None = None
+    ) -> torch.Tensor:
+        """``weights`` aligns with :attr:`op_names` (mixed mode); ``only`` runs one op with weight 1."""
+        part = self.C // self.k
+        x_sel, x_rest = x[:, :part], x[:, part:]
+        if only is not None:
+            y = self.ops[only](x_sel)
+        else:
+            assert weights is not None
+            y = sum(w * op(x_sel) for w, op in zip(weights, self.ops.values(), strict=True))
+        if self.k == 1:
+            return y
+        if self.bypass_pool is not None:
+            x_rest = self.bypass_pool(x_rest)
+        return channel_shuffle(torch.cat([y, x_rest], dim=1), self.k)
+
+
+@dataclass
+class Selection:
+    """A discrete choice: per cell type, per edge, the op to run (None: the edge is not used).
+
+    Used for the sampled sub-networks of the performance strategy (one op on every edge) and for the
+    derived architecture (top-2 edges per node). Node inputs are weighted by softmax(beta)
+    renormalised over the edges in use [D].
+    """
+
+    normal: list[str | None]
+    reduce: list[str | None]
+
+    def for_cell(self, cell_type: str) -> list[str | None]:
+        return self.normal if cell_type == "normal" else self.reduce
+
+
+class SearchCell(nn.Module):
+    def __init__(
+        self,
+        steps: int,
+        multiplier: int,
+        C_prev_prev: int,
+        C_prev: int,
+        C: int,
+        reduction: bool,
+        reduction_prev: bool,
+        edge_ops: list[list[str]],
+        k: int,
+        spec: BinarySpec,
+    ) -> None:
+        super().__init__()
+        self.reduction = reduction
+        self.cell_type = "reduce" if reduction else "normal"
+        self.preprocess0: nn.Module = (
+            FactorizedReduce(C_prev_prev, C, affine=False, spec=None)
+            if reduction_prev
+            else ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine=False, spec=spec)
+        )
+        self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=False, spec=spec)
+        self.steps, self.multiplier = steps, multiplier
+        self.edges = nn.ModuleList()
+        for (src, _dst), names in zip(edge_endpoints(steps), edge_ops, strict=True):
+            stride = 2 if reduction and src < 2 else 1
+            self.edges.append(MixedOp(C, stride, names, k, spec))
+
+    def forward(
+        self,
+        s0: torch.Tensor,
+        s1: torch.Tensor,
+        op_weights: list[torch.Tensor] | None,
+        edge_weights: torch.Tensor,
+        choice: list[str | None] | None = None,
+    ) -> torch.Tensor:
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        offset = 0
+        for i in range(self.steps):
+            n_in = 2 + i
+            beta = edge_weights[offset : offset + n_in]
+            if choice is None:
+                s = sum(
+                    beta[j] * self.edges[offset + j](h, op_weights[offset + j]) for j, h in enumerate(states)
+                )
+            else:
+                used = [j for j in range(n_in) if choice[offset + j] is not None]
+                if not used:
+                    raise ValueError(f"node {2 + i} of the {self.cell_type} cell has no edge selected")
+                norm = beta[used].sum()
+                s = sum(
+                    (beta[j] / norm) * self.edges[offset + j](states[j], only=choice[offset + j])
+                    for j in used
+                )
+            offset += n_in
+            states.append(s)
+        return torch.cat(states[-self.multiplier :], dim=1)
+
+
+class SuperNetwork(nn.Module):
+    """PC-DARTS super-network with per-edge operation lists that shrink during the search.
+
+    ``forward(x)`` mixes all remaining operations with softmax(alpha) and softmax(beta);
+    ``forward(x, selection)`` runs a discrete sub-network (see :class:`Selection`).
+    """
+
+    def __init__(
+        self,
+        C: int,
+        num_classes: int,
+        layers: int,
+        ops: list[str],
+        k: int,
+        spec: BinarySpec,
+        steps: int = 4,
+        multiplier: int = 4,
+        stem_multiplier: int = 3,
+        in_channels: int = 3,
+        edge_ops: dict[str, list[list[str]]] | None = None,
+    ) -> None:
+        super().__init__()
+        if C % k:
+            raise ValueError(f"init_channels={C} is not divisible by sampling_k={k}")
+        self.all_ops = list(ops)
+        self.steps, self.multiplier, self.k, self.spec = steps, multiplier, k, spec
+        n_e = num_edges(steps)
+        if edge_ops is None:
+            edge_ops = {t: [list(ops) for _ in range(n_e)] for t in CELL_TYPES}
+        self.edge_ops = {t: [list(e) for e in edge_ops[t]] for t in CELL_TYPES}
+
+        C_curr = stem_multiplier * C
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr)
+        )
+        C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
+        self.cells = nn.ModuleList()
+        reduction_prev = False
+        for i in range(layers):
+            reduction = i in (layers // 3, 2 * layers // 3)
+            if reduction:
+                C_curr *= 2
+            t = "reduce" if reduction else "normal"
+            cell = SearchCell(
+                steps,
+                multiplier,
+                C_prev_prev,
+                C_prev,
+                C_curr,
+                reduction,
+                reduction_prev,
+                self.edge_ops[t],
+                k,
+                spec,
+            )
+            reduction_prev = reduction
+            self.cells.append(cell)
+            C_prev_prev, C_prev = C_prev, multiplier * C_curr
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_prev, num_classes)
+
+        # Architecture parameters: small random init as in DARTS (1e-3 * N(0, 1)).
+        self.alphas = nn.ParameterDict(
+            {t: nn.Parameter(1e-3 * torch.randn(n_e, len(ops))) for t in CELL_TYPES}
+        )
+        self.betas = nn.ParameterDict({t: nn.Parameter(1e-3 * torch.randn(n_e)) for t in CELL_TYPES})
+
+    # ---------------------------------------------------------------- parameters, by role
+    def arch_parameters(self) -> list[nn.Parameter]:
+        """alpha and beta of both cell types: the architecture optimizer's parameters only."""
+        return [self.alphas[t] for t in CELL_TYPES] + [self.betas[t] for t in CELL_TYPES]
+
+    def named_weight_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        arch = {id(p) for p in self.arch_parameters()}
+        for name, p in self.named_parameters():
+            if id(p) not in arch:
+                yield name, p
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        """Every parameter that is not alpha or beta: the weight optimizer's parameters only."""
+        return [p for _, p in self.named_weight_parameters()]
+
+    # ---------------------------------------------------------------- architecture weights
+    def op_probabilities(self, cell_type: str) -> list[torch.Tensor]:
+        """Per edge, softmax(alpha) over that edge's remaining ops, in :attr:`edge_ops` order."""
+        alpha = self.alphas[cell_type]
+        out = []
+        for e, names in enumerate(self.edge_ops[cell_type]):
+            idx = torch.tensor([self.all_ops.index(n) for n in names], device=alpha.device)
+            out.append(F.softmax(alpha[e, idx], dim=-1))
+        return out
+
+    def edge_weights(self, cell_type: str) -> torch.Tensor:
+        """softmax(beta) over the edges entering each node, concatenated in edge order."""
+        beta = self.betas[cell_type]
+        parts, offset = [], 0
+        for i in range(self.steps):
+            n_in = 2 + i
+            parts.append(F.softmax(beta[offset : offset + n_in], dim=-1))
+            offset += n_in
+        return torch.cat(parts)
+
+    # ---------------------------------------------------------------- reduction
+    def remove_op(self, cell_type: str, edge: int, name: str) -> None:
+        """Drop ``name`` from ``edge`` in every cell of ``cell_type``: its modules are deleted."""
+        names = self.edge_ops[cell_type][edge]
+        if name not in names:
+            raise ValueError(f"{cell_type} edge {edge} has no operation {name!r} (left: {names})")
+        if len(names) == 1:
+            raise ValueError(f"cannot remove the last operation of {cell_type} edge {edge}")
+        names.remove(name)
+        for cell in self.cells:
+            if cell.cell_type == cell_type:
+                cell.edges[edge].remove(name)
+
+    def ops_per_edge(self) -> float:
+        counts = [len(n) for t in CELL_TYPES for n in self.edge_ops[t]]
+        return sum(counts) / len(counts)
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, x: torch.Tensor, selection: Selection | None = None) -> torch.Tensor:
+        weights = {}
+        for t in CELL_TYPES:
+            op_w = self.op_probabilities(t) if selection is None else None
+            weights[t] = (op_w, self.edge_weights(t))
+        s0 = s1 = self.stem(x)
+        for cell in self.cells:
+            op_w, edge_w = weights[cell.cell_type]
+            choice = selection.for_cell(cell.cell_type) if selection is not None else None
+            s0, s1 = s1, cell(s0, s1, op_w, edge_w, choice)
+        return self.classifier(self.global_pooling(s1).flatten(1))

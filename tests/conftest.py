@@ -1,0 +1,34 @@
+"""Shared fixtures: a tiny fake CIFAR-10 for every machine, and the real copy in ../shared/data if present."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bnas.data import make_fake_cifar
+
+# The rebuilt CIFAR-10 copy lives next to the repository, never inside it (see ../shared/data/README.md).
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def fake_cifar_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 200/100-image CIFAR-10 in torchvision's layout, written once per test session."""
+    return make_fake_cifar(tmp_path_factory.mktemp("fake_cifar"))
+
+
+@pytest.fixture(scope="session")
+def cifar_root(fake_cifar_root: Path) -> Path:
+    """The real (rebuilt) CIFAR-10 when ../shared/data has it, else the fake one (CI)."""
+    if (SHARED_DATA / "cifar-10-batches-py").is_dir():
+        return SHARED_DATA
+    return fake_cifar_root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread() -> None:
+    """Tiny test tensors run fastest on one thread, and two OpenMP threads thrash on a busy 2-core box."""
+    import torch
+
+    torch.set_num_threads(1)

@@ -1,0 +1,419 @@
+"""bnas.data: loading, integrity warning, subsets, the search split, augmentation and loaders (CPU, fast)."""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from bnas.config import DataConfig
+from bnas.data import (
+    DATASETS,
+    DataIntegrityWarning,
+    DatasetNotFoundError,
+    EvalTransform,
+    TrainTransform,
+    balanced_order,
+    clear_cache,
+    get_info,
+    load_dataset,
+    make_fake_cifar,
+    make_fake_cifar100,
+    resolve_root,
+    retrain_loaders,
+    search_loaders,
+    search_split,
+    test_indices,
+    train_indices,
+)
+from bnas.registry import UnknownNameError
+
+# Fake data never matches the official MD5 sums; the warning is tested explicitly where it matters.
+pytestmark = pytest.mark.filterwarnings("ignore::bnas.data.DataIntegrityWarning")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+FOLDER_CLASSES = ("ant", "bee", "cow")
+
+
+def write_png(img: torch.Tensor, path: Path) -> None:
+    """Save a uint8 C x H x W tensor as PNG with PIL (torchvision.io's encoders are deprecated)."""
+    from PIL import Image
+
+    Image.fromarray(img.permute(1, 2, 0).numpy()).save(path)
+
+
+def make_fake_folder(root: Path, per_class: int = 8, n_test: int = 3, size: int = 12, seed: int = 0) -> Path:
+    """A tiny class-folder dataset of PNGs, each class a different dominant colour channel."""
+    g = torch.Generator().manual_seed(seed)
+    for split, n in (("train", per_class), ("test", n_test)):
+        for c, name in enumerate(FOLDER_CLASSES):
+            d = root / split / name
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                img = torch.randint(0, 80, (3, size, size), generator=g, dtype=torch.uint8)
+                img[c] += 150
+                write_png(img, d / f"{i}.png")
+    return root
+
+
+# One way to write a small copy of every registered dataset: a new registry entry must add one here.
+FAKES: dict[str, Callable[[Path], Path]] = {
+    "cifar10": make_fake_cifar,
+    "cifar100": make_fake_cifar100,
+    "folder": make_fake_folder,
+}
+
+
+@pytest.fixture(scope="module", params=list(DATASETS))
+def any_dataset(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    name = request.param
+    return name, FAKES[name](tmp_path_factory.mktemp(f"fake_{name}"))
+
+
+def test_registry_holds_the_documented_datasets() -> None:
+    assert DATASETS.names() == ["cifar10", "cifar100", "folder"]
+    assert set(FAKES) == set(DATASETS), "add a fake writer for the new dataset to FAKES"
+
+
+def test_unknown_dataset_name_lists_the_valid_ones(tmp_path: Path) -> None:
+    with pytest.raises(UnknownNameError, match="cifar10, cifar100, folder"):
+        get_info(DataConfig(dataset="imagenet", root=str(tmp_path)))
+
+
+# ---------------------------------------------------------------------------------- roots and errors
+
+
+def test_resolve_root_order_and_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BNAS_DATA_ROOT", raising=False)
+    assert resolve_root(DataConfig()) == tmp_path.resolve() / "data"
+    monkeypatch.setenv("BNAS_DATA_ROOT", "from_env")
+    assert resolve_root(DataConfig()) == tmp_path.resolve() / "from_env"
+    got = resolve_root(DataConfig(root="rel/dir"))
+    assert got.is_absolute() and got == tmp_path.resolve() / "rel" / "dir"
+
+
+@pytest.mark.parametrize("name", list(DATASETS))
+def test_missing_dataset_error_names_path_and_remedy(name: str, tmp_path: Path) -> None:
+    where = tmp_path / "nowhere"
+    with pytest.raises(DatasetNotFoundError) as exc:
+        load_dataset(DataConfig(dataset=name, root=str(where)))
+    msg = str(exc.value)
+    assert isinstance(exc.value, FileNotFoundError)
+    assert str(where) in msg and "BNAS_DATA_ROOT" in msg and "data.root" in msg
+    if name.startswith("cifar"):
+        assert DATASETS.get(name).folder in msg and "download: true" in msg
+
+
+def test_missing_dataset_error_says_root_came_from_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BNAS_DATA_ROOT", str(tmp_path / "env_root"))
+    with pytest.raises(DatasetNotFoundError, match=r"\$BNAS_DATA_ROOT") as exc:
+        load_dataset(DataConfig())
+    assert str(tmp_path / "env_root") in str(exc.value)
+
+
+def test_download_fetches_missing_files_through_torchvision(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+
+    def fake_torchvision_cifar10(root: str, train: bool, download: bool) -> None:
+        calls.append((root, train, download))
+        make_fake_cifar(Path(root), n_train=20, n_test=10)  # what the real download would unpack
+
+    monkeypatch.setattr(DATASETS.get("cifar10"), "tv_class", fake_torchvision_cifar10)
+    data = load_dataset(DataConfig(root=str(tmp_path), download=True))
+    assert calls == [(str(tmp_path.resolve()), True, True)] and len(data.train_labels) == 20
+
+
+def test_failed_download_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def offline(root: str, train: bool, download: bool) -> None:
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(DATASETS.get("cifar10"), "tv_class", offline)
+    with pytest.raises(DatasetNotFoundError, match="download into .* failed .*network unreachable"):
+        load_dataset(DataConfig(root=str(tmp_path), download=True))
+
+
+def test_folder_without_train_subfolder_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "test" / "a").mkdir(parents=True)
+    with pytest.raises(DatasetNotFoundError, match="no train/ sub-folder"):
+        load_dataset(DataConfig(dataset="folder", root=str(tmp_path)))
+
+
+def test_root_may_point_at_the_inner_cifar_folder(fake_cifar_root: Path) -> None:
+    inner = fake_cifar_root / "cifar-10-batches-py"
+    data = load_dataset(DataConfig(root=str(inner)))
+    assert data.root == fake_cifar_root.resolve()
+
+
+# ---------------------------------------------------------------------------------- loading
+
+
+def test_fake_cifar_has_the_torchvision_pickle_layout(fake_cifar_root: Path) -> None:
+    base = fake_cifar_root / "cifar-10-batches-py"
+    names = sorted(p.name for p in base.iterdir())
+    assert names == ["batches.meta", *[f"data_batch_{i}" for i in range(1, 6)], "test_batch"]
+    with open(base / "data_batch_1", "rb") as f:
+        raw = pickle.load(f, encoding="bytes")  # how the official Python 2 pickles read in Python 3
+    assert {b"data", b"labels", b"batch_label", b"filenames"} <= set(raw)
+    assert raw[b"data"].dtype.name == "uint8" and raw[b"data"].shape[1] == 3072
+    with open(base / "batches.meta", "rb") as f:
+        meta = pickle.load(f, encoding="latin1")  # what torchvision uses: str keys
+    assert meta["label_names"][0] == "airplane"
+
+
+def test_get_info_and_load(any_dataset: tuple[str, Path]) -> None:
+    name, root = any_dataset
+    cfg = DataConfig(dataset=name, root=str(root))
+    data = load_dataset(cfg)
+    info = get_info(cfg)
+    assert info == data.info and info.name == name and info.in_channels == 3 and info.image_size == 32
+    assert len(data.classes) == info.num_classes
+    assert len(info.mean) == len(info.std) == 3 and all(s > 0 for s in info.std)
+    for x, y in ((data.train_images, data.train_labels), (data.test_images, data.test_labels)):
+        assert x.dtype == torch.uint8 and x.shape[1:] == (3, 32, 32) and len(x) == len(y)
+        assert y.dtype == torch.int64 and 0 <= int(y.min()) and int(y.max()) < info.num_classes
+
+
+def test_cifar_constants() -> None:
+    c10, c100 = get_info(DataConfig(dataset="cifar10")), get_info(DataConfig(dataset="cifar100"))
+    assert (c10.num_classes, c10.mean, c10.std) == (10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+    assert (c100.num_classes, c100.mean, c100.std) == (
+        100,
+        (0.5071, 0.4865, 0.4409),
+        (0.2673, 0.2564, 0.2762),
+    )
+
+
+def test_folder_mean_std_come_from_the_training_images(tmp_path: Path) -> None:
+    cfg = DataConfig(dataset="folder", root=str(make_fake_folder(tmp_path)), image_size=12)
+    data = load_dataset(cfg)
+    assert data.classes == FOLDER_CLASSES and len(data.train_images) == 24 and len(data.test_images) == 9
+    x = data.train_images.double() / 255
+    assert torch.allclose(torch.tensor(data.info.mean, dtype=torch.float64), x.mean((0, 2, 3)), atol=1e-6)
+    assert torch.allclose(torch.tensor(data.info.std, dtype=torch.float64), x.std((0, 2, 3)), atol=1e-2)
+
+
+def test_folder_with_mixed_sizes_is_resized_per_image(tmp_path: Path) -> None:
+    make_fake_folder(tmp_path)
+    write_png(torch.full((3, 20, 30), 200, dtype=torch.uint8), tmp_path / "train" / "ant" / "wide.png")
+    data = load_dataset(DataConfig(dataset="folder", root=str(tmp_path), image_size=16))
+    assert data.train_images.shape == (25, 3, 16, 16) and data.test_images.shape[-2:] == (16, 16)
+
+
+def test_integrity_warning_is_emitted_once_and_loading_goes_on(fake_cifar_root: Path) -> None:
+    clear_cache()
+    cfg = DataConfig(root=str(fake_cifar_root))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_dataset(cfg)
+        load_dataset(cfg)  # cached: no second warning
+        search_loaders(cfg, batch_size=8, seed=0)
+    hits = [w for w in caught if issubclass(w.category, DataIntegrityWarning)]
+    assert len(hits) == 1 and "loaded anyway" in str(hits[0].message)
+
+
+def test_real_shared_cifar10_loads_despite_checksums() -> None:
+    if not (SHARED_DATA / "cifar-10-batches-py").is_dir():
+        pytest.skip(f"no CIFAR-10 copy at {SHARED_DATA}")
+    clear_cache()
+    with pytest.warns(DataIntegrityWarning, match="MD5"):
+        data = load_dataset(DataConfig(root=str(SHARED_DATA)))
+    assert data.train_images.shape == (50000, 3, 32, 32) and data.test_images.shape == (10000, 3, 32, 32)
+    assert data.train_labels.bincount().tolist() == [5000] * 10
+    assert data.test_labels.bincount().tolist() == [1000] * 10
+    assert data.classes[0] == "airplane" and data.classes[-1] == "truck"
+    mean = data.train_images[:5000].double().mean((0, 2, 3)) / 255
+    assert torch.allclose(mean, torch.tensor(data.info.mean, dtype=torch.float64), atol=0.02)
+    clear_cache()  # 180 MB: do not keep it for the rest of the session
+
+
+def test_resize_to_16_keeps_the_colours(fake_cifar_root: Path) -> None:
+    native = load_dataset(DataConfig(root=str(fake_cifar_root)))
+    small = load_dataset(DataConfig(root=str(fake_cifar_root), image_size=16))
+    assert small.train_images.shape == (200, 3, 16, 16) and small.test_images.shape == (100, 3, 16, 16)
+    assert small.info.image_size == 16 and torch.equal(small.train_labels, native.train_labels)
+    diff = small.train_images.double().mean((2, 3)) - native.train_images.double().mean((2, 3))
+    assert diff.abs().max() < 2.0  # per-image mean colour, in 0..255 units
+
+
+def test_fake_cifar_classes_are_separable(fake_cifar_root: Path) -> None:
+    """Nearest class-mean on raw pixels must beat chance by far, so tiny training runs can learn."""
+    data = load_dataset(DataConfig(root=str(fake_cifar_root)))
+    x_tr, x_te = data.train_images.flatten(1).float(), data.test_images.flatten(1).float()
+    means = torch.stack([x_tr[data.train_labels == c].mean(0) for c in range(10)])
+    acc = (torch.cdist(x_te, means).argmin(1) == data.test_labels).float().mean()
+    assert acc > 0.5
+
+
+# ---------------------------------------------------------------------------------- subsets and split
+
+
+def test_balanced_order_prefixes_are_balanced() -> None:
+    labels = torch.tensor([0] * 50 + [1] * 30 + [2] * 5)
+    order = balanced_order(labels, seed=3)
+    assert sorted(order.tolist()) == list(range(85))
+    assert labels[order[:15]].bincount().tolist() == [5, 5, 5]  # equal while every class has images
+    assert labels[order[:25]].bincount().tolist() == [10, 10, 5]  # the small class ran out
+    prop = balanced_order(labels, seed=3, proportional=True)
+    assert labels[prop[:17]].bincount(minlength=3).tolist() == [10, 6, 1]  # ~1/5 of each class
+
+
+def test_subset_sizes_are_class_balanced_and_fixed(fake_cifar_root: Path) -> None:
+    cfg = DataConfig(root=str(fake_cifar_root), train_subset=50, test_subset=20)
+    data = load_dataset(cfg)
+    tr, te = train_indices(cfg), test_indices(cfg)
+    assert len(tr) == 50 and len(te) == 20 and len(set(tr.tolist())) == 50
+    assert data.train_labels[tr].bincount().tolist() == [5] * 10
+    assert data.test_labels[te].bincount().tolist() == [2] * 10
+    assert torch.equal(tr, train_indices(cfg))  # the subset does not depend on any run seed
+    full = DataConfig(root=str(fake_cifar_root))
+    assert len(train_indices(full)) == 200 and len(test_indices(full)) == 100
+
+
+@pytest.mark.parametrize("key", ["train_subset", "test_subset"])
+def test_subset_larger_than_the_dataset_is_an_error(fake_cifar_root: Path, key: str) -> None:
+    cfg = DataConfig(root=str(fake_cifar_root), **{key: 5000})
+    available = "200" if key == "train_subset" else "100"
+    with pytest.raises(ValueError, match=rf"data\.{key}=5000 exceeds the {available}"):
+        retrain_loaders(cfg, batch_size=8, eval_batch_size=8, seed=0)
+
+
+@pytest.mark.parametrize("subset", [None, 60])
+def test_search_split_deterministic_disjoint_stratified(fake_cifar_root: Path, subset: int | None) -> None:
+    cfg = DataConfig(root=str(fake_cifar_root), train_subset=subset, val_fraction=0.5)
+    labels = load_dataset(cfg).train_labels
+    tr, va = search_split(cfg, seed=1)
+    tr2, va2 = search_split(cfg, seed=1)
+    tr3, va3 = search_split(cfg, seed=2)
+    assert torch.equal(tr, tr2) and torch.equal(va, va2)
+    assert not torch.equal(va, va3)
+    assert set(tr.tolist()).isdisjoint(va.tolist())
+    assert sorted(tr.tolist() + va.tolist()) == train_indices(cfg).tolist()
+    n = subset or 200
+    assert len(va) == n // 2
+    assert labels[va].bincount().tolist() == [n // 20] * 10 == labels[tr].bincount().tolist()
+
+
+def test_search_split_val_fraction(fake_cifar_root: Path) -> None:
+    tr, va = search_split(DataConfig(root=str(fake_cifar_root), val_fraction=0.2), seed=0)
+    assert (len(tr), len(va)) == (160, 40)
+
+
+# ---------------------------------------------------------------------------------- augmentation
+
+
+INFO = get_info(DataConfig())
+
+
+def test_train_transform_shapes_and_seeding() -> None:
+    img = torch.randint(0, 256, (3, 16, 16), dtype=torch.uint8)
+    t = TrainTransform.for_size(INFO, 16, cutout=16, autoaugment=True)
+    assert (t.padding, t.cutout) == (2, 8)  # 4 and 16 px at 32x32, scaled to 16x16
+    state = torch.get_rng_state()
+    a = t(img, torch.Generator().manual_seed(5))
+    b = t(img, torch.Generator().manual_seed(5))
+    assert a.shape == (3, 16, 16) and a.dtype == torch.float32 and torch.equal(a, b)
+    assert torch.equal(state, torch.get_rng_state())  # AutoAugment does not disturb the global RNG
+    assert TrainTransform.for_size(INFO, 8).padding == 1  # never below one pixel
+
+
+def test_eval_transform_normalises() -> None:
+    img = torch.full((3, 4, 4), 255, dtype=torch.uint8)
+    out = EvalTransform(INFO.mean, INFO.std)(img)
+    expected = (1 - torch.tensor(INFO.mean)) / torch.tensor(INFO.std)
+    assert torch.allclose(out[:, 0, 0], expected, atol=1e-5)
+
+
+def test_cutout_zeroes_one_square() -> None:
+    img = torch.full((3, 16, 16), 220, dtype=torch.uint8)  # normalises to positive values everywhere
+    t = TrainTransform(INFO.mean, INFO.std, padding=0, flip=False, cutout=6)
+    full_squares = 0
+    for seed in range(40):
+        zero = (t(img, torch.Generator().manual_seed(seed)) == 0).all(0)
+        rows, cols = zero.any(1).nonzero().flatten(), zero.any(0).nonzero().flatten()
+        h, w = len(rows), len(cols)
+        assert 0 < h <= 6 and 0 < w <= 6 and int(zero.sum()) == h * w  # one rectangle, clipped at borders
+        assert rows.tolist() == list(range(int(rows[0]), int(rows[0]) + h))
+        full_squares += (h, w) == (6, 6)
+    assert full_squares > 0
+
+
+def test_crop_and_flip_keep_the_content() -> None:
+    img = torch.arange(3 * 8 * 8, dtype=torch.float32).remainder(251).to(torch.uint8).view(3, 8, 8)
+    t = TrainTransform(INFO.mean, INFO.std, padding=2)
+    ev = EvalTransform(INFO.mean, INFO.std)(img)
+    seen_flip = False
+    for seed in range(20):
+        out = t(img, torch.Generator().manual_seed(seed))
+        assert out.shape == img.shape
+        # The 4x4 centre always survives a 2-pixel crop shift, possibly mirrored.
+        window = ev[:, 2:6, 2:6]
+        found = any(
+            torch.allclose(cand[:, i : i + 4, j : j + 4], window)
+            for cand in (out, out.flip(-1))
+            for i in range(5)
+            for j in range(5)
+        )
+        assert found
+        seen_flip |= not any(
+            torch.allclose(out[:, i : i + 4, j : j + 4], window) for i in range(5) for j in range(5)
+        )
+    assert seen_flip
+
+
+# ---------------------------------------------------------------------------------- loaders
+
+
+def test_loaders_yield_float_batches(any_dataset: tuple[str, Path]) -> None:
+    name, root = any_dataset
+    cfg = DataConfig(dataset=name, root=str(root), image_size=16)
+    train, val, info = search_loaders(cfg, batch_size=16, seed=0)
+    n_train = len(load_dataset(cfg).train_labels)
+    assert len(train.dataset) + len(val.dataset) == n_train
+    rtrain, test, info2 = retrain_loaders(cfg, batch_size=16, eval_batch_size=32, seed=0, cutout=16)
+    assert info == info2 and len(rtrain.dataset) == n_train
+    for loader in (train, val, rtrain, test):
+        x, y = next(iter(loader))
+        assert x.dtype == torch.float32 and x.shape[1:] == (3, 16, 16) and x.shape[0] == len(y) <= 32
+        assert y.dtype == torch.int64 and 0 <= int(y.min()) and int(y.max()) < info.num_classes
+        assert not loader.drop_last
+
+
+def test_loaders_are_seeded(fake_cifar_root: Path) -> None:
+    cfg = DataConfig(root=str(fake_cifar_root), image_size=16)
+
+    def first(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return next(iter(search_loaders(cfg, batch_size=16, seed=seed)[0]))
+
+    (a, ya), (b, yb), (_, yc) = first(0), first(0), first(1)
+    assert torch.equal(a, b) and torch.equal(ya, yb)
+    assert not torch.equal(ya, yc)
+
+
+def test_loaders_with_workers_are_reproducible(fake_cifar_root: Path) -> None:
+    cfg = DataConfig(root=str(fake_cifar_root), image_size=16, train_subset=40, num_workers=2)
+
+    def epoch() -> torch.Tensor:
+        loader = retrain_loaders(cfg, batch_size=10, eval_batch_size=10, seed=3, cutout=8)[0]
+        return torch.cat([x for x, _ in loader])
+
+    a, b = epoch(), epoch()
+    assert a.shape == (40, 3, 16, 16) and torch.equal(a, b)
+
+
+def test_test_loader_is_ordered_and_unaugmented(fake_cifar_root: Path) -> None:
+    cfg = DataConfig(root=str(fake_cifar_root), test_subset=30)
+    _, test, info = retrain_loaders(cfg, batch_size=8, eval_batch_size=64, seed=0, autoaugment=True)
+    x, y = next(iter(test))
+    data = load_dataset(cfg)
+    idx = test_indices(cfg)
+    assert torch.equal(y, data.test_labels[idx])
+    assert torch.allclose(x, EvalTransform(info.mean, info.std)(data.test_images[idx]))  # broadcasts over N

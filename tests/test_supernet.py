@@ -1,0 +1,148 @@
+"""The PC-DARTS super-network: channel sampling, shuffle, edge normalization, parameter roles."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from bnas.binarization import BINARIZATIONS, BinarySpec
+from bnas.config import ALL_OPS
+from bnas.supernet import (
+    CELL_TYPES,
+    MixedOp,
+    Selection,
+    SuperNetwork,
+    channel_shuffle,
+    edge_endpoints,
+    num_edges,
+)
+
+
+def tiny_net(k: int = 2, method: str = "xnor", ops: list[str] | None = None) -> SuperNetwork:
+    torch.manual_seed(0)
+    return SuperNetwork(C=4, num_classes=10, layers=3, ops=ops or ALL_OPS, k=k, spec=BinarySpec(method))
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_only_c_over_k_channels_reach_the_candidate_ops(k: int, stride: int) -> None:
+    C = 8
+    m = MixedOp(C, stride, ALL_OPS, k, BinarySpec("xnor"))
+    seen = []
+    for op in m.ops.values():
+        op.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[1]))
+    x = torch.randn(2, C, 8, 8)
+    w = torch.softmax(torch.randn(len(ALL_OPS)), 0)
+    y = m(x, w)
+    assert seen and set(seen) == {C // k}
+    assert y.shape == (2, C, 8 // stride, 8 // stride)
+
+
+def test_bypassed_channels_pass_unchanged_on_stride_1_edges() -> None:
+    m = MixedOp(8, 1, ["none"], 2, BinarySpec("xnor"))
+    x = torch.randn(2, 8, 4, 4)
+    y = m(x, torch.ones(1))
+    # The op output (zeros) fills half the channels; the bypassed half is x[:, 4:] after the shuffle.
+    kept = y.abs().sum(dim=(0, 2, 3)) > 0
+    assert kept.sum() == 4
+    assert torch.allclose(torch.sort(y[:, kept].flatten())[0], torch.sort(x[:, 4:].flatten())[0])
+
+
+@pytest.mark.parametrize("groups", [1, 2, 4])
+def test_channel_shuffle_is_a_permutation(groups: int) -> None:
+    C = 8
+    x = torch.arange(C, dtype=torch.float32).view(1, C, 1, 1).expand(2, C, 3, 3).contiguous()
+    y = channel_shuffle(x, groups)
+    order = y[0, :, 0, 0].long().tolist()
+    assert sorted(order) == list(range(C))
+    if groups > 1:
+        assert order != list(range(C))
+    # Shuffling by g then by C/g restores the order (the inverse permutation).
+    assert torch.equal(channel_shuffle(y, C // groups), x)
+
+
+def test_edge_weights_softmax_over_the_edges_into_each_node() -> None:
+    net = tiny_net()
+    with torch.no_grad():
+        for t in CELL_TYPES:
+            net.betas[t].copy_(torch.randn_like(net.betas[t]))
+            w = net.edge_weights(t)
+            ends = edge_endpoints(net.steps)
+            assert len(w) == num_edges(net.steps) == 14
+            for node in range(2, 2 + net.steps):
+                idx = [e for e, (_, d) in enumerate(ends) if d == node]
+                assert torch.allclose(w[idx].sum(), torch.tensor(1.0))
+                assert torch.allclose(w[idx], torch.softmax(net.betas[t][idx], 0))
+
+
+def test_arch_and_weight_parameters_are_disjoint_and_cover_all() -> None:
+    net = tiny_net()
+    arch = {id(p) for p in net.arch_parameters()}
+    weights = {id(p) for p in net.weight_parameters()}
+    every = {id(p) for p in net.parameters()}
+    assert arch.isdisjoint(weights)
+    assert arch | weights == every
+    assert len(arch) == 4  # alpha and beta for normal and reduction cells
+
+
+def test_one_architecture_step_changes_only_arch_parameters() -> None:
+    net = tiny_net()
+    opt = torch.optim.Adam(net.arch_parameters(), lr=0.1)
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))
+    loss = nn.functional.cross_entropy(net(x), y)
+    grads = torch.autograd.grad(loss, net.arch_parameters())
+    for p, g in zip(net.arch_parameters(), grads, strict=True):
+        p.grad = g
+    opt.step()
+    arch_names = {n for n, p in net.named_parameters() if any(p is a for a in net.arch_parameters())}
+    for n, p in net.named_parameters():
+        changed = not torch.equal(before[n], p.detach())
+        assert changed == (n in arch_names), n
+
+
+def test_removed_op_is_no_longer_computed_nor_held() -> None:
+    net = tiny_net()
+    n_before = sum(p.numel() for p in net.weight_parameters())
+    for e in range(num_edges(net.steps)):
+        net.remove_op("normal", e, "sep_conv_5x5")
+    assert all("sep_conv_5x5" not in ops for ops in net.edge_ops["normal"])
+    calls = []
+    for cell in net.cells:
+        for edge in cell.edges:
+            assert ("sep_conv_5x5" in edge.ops) == (cell.cell_type == "reduce")
+            for name, op in edge.ops.items():
+                op.register_forward_hook(lambda *a, name=name, t=cell.cell_type: calls.append((t, name)))
+    net(torch.randn(2, 3, 16, 16))
+    assert ("normal", "sep_conv_5x5") not in calls and ("reduce", "sep_conv_5x5") in calls
+    assert sum(p.numel() for p in net.weight_parameters()) < n_before
+    # The probabilities renormalise over what is left.
+    probs = net.op_probabilities("normal")
+    assert all(len(p) == 7 and torch.allclose(p.sum(), torch.tensor(1.0)) for p in probs)
+
+
+def test_remove_op_misuse() -> None:
+    net = tiny_net(ops=["skip_connect", "max_pool_3x3"])
+    with pytest.raises(ValueError, match="no operation"):
+        net.remove_op("normal", 0, "sep_conv_3x3")
+    net.remove_op("normal", 0, "skip_connect")
+    with pytest.raises(ValueError, match="last operation"):
+        net.remove_op("normal", 0, "max_pool_3x3")
+
+
+def test_k_must_divide_channels() -> None:
+    with pytest.raises(ValueError, match="divisible"):
+        SuperNetwork(C=6, num_classes=10, layers=3, ops=ALL_OPS, k=4, spec=BinarySpec())
+
+
+@pytest.mark.parametrize("method", BINARIZATIONS.names())
+def test_forward_backward_and_selection_for_every_binarization(method: str) -> None:
+    net = tiny_net(method=method)
+    x = torch.randn(4, 3, 16, 16)
+    out = net(x)
+    assert out.shape == (4, 10)
+    out.sum().backward()
+    assert all(p.grad is not None for p in net.arch_parameters())
+    sel = Selection(["sep_conv_3x3"] * 14, ["max_pool_3x3"] * 14)
+    assert net(x, sel).shape == (4, 10)
