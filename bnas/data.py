@@ -874,12 +874,19 @@ def make_fake_cifar(
     """
     if not 1 <= num_classes <= 10:
         raise ValueError(f"make_fake_cifar: num_classes must lie in [1, 10] for CIFAR-10, got {num_classes}")
-    root = Path(root)
-    base = root / "cifar-10-batches-py"
-    base.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     y_train, y_test = _fake_labels(n_train, num_classes, rng), _fake_labels(n_test, num_classes, rng)
     x_train, x_test = _fake_images(y_train, num_classes, rng), _fake_images(y_test, num_classes, rng)
+    return write_cifar10(root, x_train, y_train, x_test, y_test)
+
+
+def write_cifar10(root: Path, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
+                  y_test: np.ndarray, label_names: Sequence[str] = _CIFAR10_NAMES) -> Path:
+    """Write N x 3072 uint8 images and labels in torchvision's ``cifar-10-batches-py`` layout."""
+    root = Path(root)
+    base = root / "cifar-10-batches-py"
+    base.mkdir(parents=True, exist_ok=True)
+    n_train = len(y_train)
     parts = np.array_split(np.arange(n_train), 5)
     for b, idx in enumerate(parts, start=1):
         _dump_py2(
@@ -887,7 +894,7 @@ def make_fake_cifar(
                 "batch_label": f"training batch {b} of 5",
                 "labels": [int(v) for v in y_train[idx]],
                 "data": x_train[idx],
-                "filenames": [f"fake_{i:06d}.png" for i in idx],
+                "filenames": [f"img_{i:06d}.png" for i in idx],
             },
             base / f"data_batch_{b}",
         )
@@ -896,15 +903,33 @@ def make_fake_cifar(
             "batch_label": "testing batch 1 of 1",
             "labels": [int(v) for v in y_test],
             "data": x_test,
-            "filenames": [f"fake_test_{i:06d}.png" for i in range(n_test)],
+            "filenames": [f"img_test_{i:06d}.png" for i in range(len(y_test))],
         },
         base / "test_batch",
     )
     _dump_py2(
-        {"num_cases_per_batch": max(1, n_train // 5), "label_names": list(_CIFAR10_NAMES), "num_vis": 3072},
+        {"num_cases_per_batch": max(1, n_train // 5), "label_names": list(label_names), "num_vis": 3072},
         base / "batches.meta",
     )
     return root
+
+
+def write_cifar10_subset(cfg: DataConfig, dst: Path) -> Path:
+    """Copy the class-balanced ``train_subset`` / ``test_subset`` of a CIFAR-10 folder to ``dst``.
+
+    For benchmarks: processes that read a few thousand images instead of 60,000 load in a blink and
+    their peak memory is the model's, not the pickles'. Write it to a temporary folder, never into the
+    repository (the shared copy must not be duplicated there).
+    """
+    if cfg.dataset != "cifar10":
+        raise ValueError(f"write_cifar10_subset handles cifar10, not {cfg.dataset!r}")
+    source = DATASETS.get(cfg.dataset)
+    root = source.ensure(resolve_root(cfg), cfg.download, _root_origin(cfg))
+    arrays = _read_cifar_cached(cfg.dataset, str(root))
+    tr, te = train_indices(cfg), test_indices(cfg)
+    flat = lambda x: x.reshape(len(x), -1).numpy()  # noqa: E731
+    return write_cifar10(Path(dst), flat(arrays.train_images[tr]), arrays.train_labels[tr].numpy(),
+                         flat(arrays.test_images[te]), arrays.test_labels[te].numpy(), arrays.classes)
 
 
 def make_fake_cifar100(

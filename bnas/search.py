@@ -145,6 +145,8 @@ class Search:
             cfg.data, sc.batch_size, cfg.seed, self.device
         )
         self.sub_loader = None
+        # Peak RSS once the data is loaded: the search's own memory shows only above this line.
+        self.rss_after_data_mib = _peak_rss_mib()
         self.spec = BinarySpec.from_config(cfg.binarization)
         self.strategy = make_strategy(rc)
         n_ops = len(sc.ops)
@@ -495,6 +497,7 @@ class Search:
             "genotype_digest": genotype.digest,
             "derivation_fallbacks": fallbacks,
             "peak_rss_mib": _peak_rss_mib(),
+            "peak_rss_after_data_mib": self.rss_after_data_mib,
             "device": str(self.device),
             "resumed": self.resumed,
         }

@@ -417,3 +417,19 @@ def test_test_loader_is_ordered_and_unaugmented(fake_cifar_root: Path) -> None:
     idx = test_indices(cfg)
     assert torch.equal(y, data.test_labels[idx])
     assert torch.allclose(x, EvalTransform(info.mean, info.std)(data.test_images[idx]))  # broadcasts over N
+
+
+def test_write_cifar10_subset_round_trips(fake_cifar_root: Path, tmp_path: Path) -> None:
+    from bnas.data import write_cifar10_subset
+
+    cfg = DataConfig(root=str(fake_cifar_root), train_subset=50, test_subset=20)
+    dst = write_cifar10_subset(cfg, tmp_path / "subset")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        small = load_dataset(DataConfig(root=str(dst)))
+        full = load_dataset(DataConfig(root=str(fake_cifar_root)))
+    assert len(small.train_labels) == 50 and len(small.test_labels) == 20
+    # The same images as the balanced subset of the source, in the same order.
+    idx = train_indices(cfg)
+    assert torch.equal(small.train_images, full.train_images[idx])
+    assert torch.equal(small.train_labels, full.train_labels[idx])
