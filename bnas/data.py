@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from bnas.config import DataConfig
+from bnas.config import ConfigError, DataConfig
 from bnas.registry import Registry
 
 __all__ = [
@@ -555,9 +555,8 @@ def _subset(labels: torch.Tensor, n: int | None, key: str, what: str) -> torch.T
     if n is None:
         return torch.arange(total)
     if n > total:
-        raise ValueError(
-            f"{key}={n} exceeds the {total} {what} images available; use at most {total} or null"
-        )
+        raise ConfigError(f"{n} exceeds the {total} {what} images available; use at most {total} or null",
+                          key=key)
     return balanced_order(labels, SUBSET_SEED)[:n].sort().values
 
 

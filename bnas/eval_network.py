@@ -66,7 +66,8 @@ class AuxiliaryHead(nn.Module):
     def __init__(self, C: int, num_classes: int) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.ReLU(inplace=True),
+            # Not in place: on 2x2 maps no pooling precedes it, and s1 is still used by the network.
+            nn.ReLU(inplace=False),
             nn.Conv2d(C, 128, 1, bias=False),
             nn.BatchNorm2d(128),
             nn.ReLU(inplace=True),

@@ -94,6 +94,9 @@ class Genotype:
             raise GenotypeError(
                 f"unknown key(s) {extra}; valid: normal, normal_concat, reduce, reduce_concat"
             )
+        not_lists = [k for k, v in d.items() if not isinstance(v, (list, tuple))]
+        if not_lists:
+            raise GenotypeError(f"{', '.join(not_lists)}: expected a list")
 
         def edges(name: str) -> tuple[Edge, ...]:
             out = []

@@ -119,8 +119,23 @@ def batch_statistics(net: nn.Module) -> Iterator[None]:
             m.training, m.momentum = tr, mom
 
 
-def _peak_rss_mib() -> float:
+def _rss_mib(field: str = "VmHWM") -> float:
+    """This process's peak (``VmHWM``) or current (``VmRSS``) resident memory in MiB.
+
+    Read from /proc: ``getrusage``'s ``ru_maxrss`` survives ``exec`` on Linux, so a search started by a
+    bigger parent process would report the parent's peak. Falls back to ``ru_maxrss`` elsewhere.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _peak_rss_mib() -> float:
+    return _rss_mib("VmHWM")
 
 
 class Search:
@@ -145,8 +160,8 @@ class Search:
             cfg.data, sc.batch_size, cfg.seed, self.device
         )
         self.sub_loader = None
-        # Peak RSS once the data is loaded: the search's own memory shows only above this line.
-        self.rss_after_data_mib = _peak_rss_mib()
+        # Resident memory once the data is loaded: the search's own memory is what the peak adds.
+        self.rss_after_data_mib = _rss_mib("VmRSS")
         self.spec = BinarySpec.from_config(cfg.binarization)
         self.strategy = make_strategy(rc)
         n_ops = len(sc.ops)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bnas.config import DataConfig
+from bnas.config import ConfigError, DataConfig
 from bnas.data import (
     DATASETS,
     DataIntegrityWarning,
@@ -282,7 +282,7 @@ def test_subset_sizes_are_class_balanced_and_fixed(fake_cifar_root: Path) -> Non
 def test_subset_larger_than_the_dataset_is_an_error(fake_cifar_root: Path, key: str) -> None:
     cfg = DataConfig(root=str(fake_cifar_root), **{key: 5000})
     available = "200" if key == "train_subset" else "100"
-    with pytest.raises(ValueError, match=rf"data\.{key}=5000 exceeds the {available}"):
+    with pytest.raises(ConfigError, match=rf"data\.{key}: 5000 exceeds the {available}"):
         retrain_loaders(cfg, batch_size=8, eval_batch_size=8, seed=0)
 
 

@@ -1,0 +1,204 @@
+"""Command line of the core: ``python -m bnas {retrain,summary,settings,search} ...``.
+
+* ``retrain``  -- train a genotype's evaluation network (:func:`bnas.retrain.retrain`); progress goes to
+  stderr, the final metrics to stdout as one JSON object.
+* ``summary``  -- size figures of a genotype's inference network as one JSON object (no data needed).
+* ``settings`` -- every setting with its default and source mark (the provenance table).
+* ``search``   -- delegates to :func:`bnas.search.main`.
+
+Configuration problems (bad settings, unknown names, bad genotypes, a missing dataset) print one
+``error: ...`` paragraph to stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from bnas.binarization import BINARIZATIONS, BinarySpec
+from bnas.config import ConfigError, describe_settings, load_config, parse_overrides
+from bnas.genotype import GenotypeError, load_genotype
+from bnas.registry import UnknownNameError
+
+#: Errors that are the user's to fix: reported in one paragraph, exit status 2, no traceback.
+#: (bnas.data's DatasetNotFoundError too; it is checked lazily, so `summary` never imports the data stack.)
+USER_ERRORS = (ConfigError, GenotypeError, UnknownNameError)
+
+
+def _is_user_error(e: BaseException) -> bool:
+    if isinstance(e, USER_ERRORS):
+        return True
+    data = sys.modules.get("bnas.data")  # a DatasetNotFoundError can only come from an imported bnas.data
+    return data is not None and isinstance(e, data.DatasetNotFoundError)
+
+
+# retrain flag -> dotted setting; flags win over --config and --set.
+_RETRAIN_FLAGS = {
+    "binarization": "binarization.method",
+    "activations": "binarization.activations",
+    "channels": "retrain.init_channels",
+    "layers": "retrain.layers",
+    "epochs": "retrain.epochs",
+    "batch_size": "retrain.batch_size",
+    "max_batches": "retrain.max_batches_per_epoch",
+    "dataset": "data.dataset",
+    "train_subset": "data.train_subset",
+    "test_subset": "data.test_subset",
+    "image_size": "data.image_size",
+    "data_root": "data.root",
+    "device": "device",
+    "seed": "seed",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m bnas", description="Binarized Neural Architecture Search (core)."
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="{retrain,summary,settings,search}")
+
+    r = sub.add_parser(
+        "retrain",
+        help="train a genotype's evaluation network",
+        description="Train a genotype's evaluation network (DARTS protocol, binarized cells).",
+    )
+    r.add_argument(
+        "--genotype", required=True, help="reference name (e.g. bnas_xnor) or a genotype JSON file"
+    )
+    r.add_argument("--config", help="experiment YAML (defaults when omitted)")
+    r.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting, e.g. --set retrain.lr=0.05 (repeatable)",
+    )
+    r.add_argument("--binarization", help="xnor, xnor_channel, pcnn or fp")
+    r.add_argument("--activations", choices=["real", "binary"], help="real (w1a32) or binary (w1a1)")
+    r.add_argument("--channels", type=int, help="initial channels C")
+    r.add_argument("--layers", type=int, help="number of cells")
+    r.add_argument("--epochs", type=int)
+    r.add_argument("--batch-size", type=int)
+    r.add_argument("--max-batches", type=int, help="cap on training batches per epoch")
+    r.add_argument("--dataset", help="cifar10, cifar100 or folder")
+    r.add_argument("--train-subset", type=int, help="use only this many training images")
+    r.add_argument("--test-subset", type=int, help="use only this many test images")
+    r.add_argument("--image-size", type=int, help="input side in pixels (CPU runs: 16)")
+    r.add_argument("--data-root", help="dataset folder (else $BNAS_DATA_ROOT, else ./data)")
+    r.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    r.add_argument("--seed", type=int)
+    r.add_argument("--out", required=True, help="output folder (checkpoint, metrics, packed model)")
+    r.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")
+    r.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    s = sub.add_parser(
+        "summary",
+        help="size figures of a genotype's inference network (JSON)",
+        description="Parameter counts and packed vs fp32 bytes (auxiliary head excluded).",
+    )
+    s.add_argument("--genotype", required=True, help="reference name or genotype JSON file")
+    s.add_argument("--channels", type=int, default=36)
+    s.add_argument("--layers", type=int, default=20)
+    s.add_argument("--binarization", default="xnor")
+    s.add_argument("--activations", choices=["real", "binary"], default="real")
+    s.add_argument("--num-classes", type=int, default=10)
+    s.add_argument("--in-channels", type=int, default=3)
+
+    sub.add_parser("settings", help="every setting with its default and source mark")
+    sub.add_parser("search", help="run a BNAS search (see python -m bnas search --help)", add_help=False)
+    return p
+
+
+def _retrain(args: argparse.Namespace) -> int:
+    from bnas.retrain import retrain
+
+    overrides: dict[str, Any] = parse_overrides(args.set)
+    for flag, key in _RETRAIN_FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            overrides[key] = value
+    cfg = load_config(args.config, overrides)
+    genotype = load_genotype(args.genotype)
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    final = retrain(cfg, genotype, args.out, resume=not args.no_resume, log=None if args.quiet else log)
+    print(json.dumps(final, sort_keys=True))
+    return 0
+
+
+def _summary(args: argparse.Namespace) -> int:
+    from bnas.eval_network import EvalNetwork
+    from bnas.model_size import size_report
+
+    for key, value, least in (
+        ("channels", args.channels, 1),
+        ("layers", args.layers, 3),
+        ("num-classes", args.num_classes, 1),
+        ("in-channels", args.in_channels, 1),
+    ):
+        if value < least:
+            raise ConfigError(f"must be >= {least}, got {value}", "summary", f"--{key}")
+    BINARIZATIONS.get(args.binarization)
+    genotype = load_genotype(args.genotype)
+    model = EvalNetwork(
+        genotype,
+        C=args.channels,
+        num_classes=args.num_classes,
+        layers=args.layers,
+        auxiliary=False,
+        spec=BinarySpec(args.binarization, args.activations),
+        in_channels=args.in_channels,
+    )
+    report = {
+        "genotype": args.genotype,
+        "genotype_digest": genotype.digest,
+        "binarization": args.binarization,
+        "activations": args.activations,
+        "channels": args.channels,
+        "layers": args.layers,
+        "num_classes": args.num_classes,
+        **size_report(model),
+    }
+    print(json.dumps(report))
+    return 0
+
+
+def _settings(args: argparse.Namespace) -> int:
+    rows = [(key, mark, json.dumps(default), doc) for key, default, mark, doc in describe_settings()]
+    key_w = max(len(r[0]) for r in rows)
+    default_w = 12  # longer defaults (the op list) push their doc further right
+    print(f"{'setting':<{key_w}}  mark  {'default':<{default_w}}  meaning")
+    for key, mark, default, doc in rows:
+        print(f"{key:<{key_w}}  {mark:<4}  {default:<{default_w}}  {doc}")
+    print(
+        "\nmarks: [P] paper, [C] released code, [R] recalled from the paper (uncertain), [D] design decision"
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] == "search":
+            from bnas.search import main as search_main
+
+            return search_main(argv[1:])
+        args = _parser().parse_args(argv)
+        handler = {"retrain": _retrain, "summary": _summary, "settings": _settings}[args.command]
+        return handler(args)
+    except Exception as e:
+        if not _is_user_error(e):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""analysis.report: tables checked against the runs in the store, pictures, HTML, logging to MLflow."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from report_checks import assert_png, assert_report_consistent
+
+from analysis.loader import load_study
+from analysis.report import build_report, leaderboard, main, pareto_mask, pareto_points, search_cost
+
+
+def test_report_on_the_unit_study(fake_study, tmp_path: Path) -> None:
+    t0 = time.perf_counter()
+    rep = build_report(fake_study.study, fake_study.uri, fake_study.out_dir, tmp_path / "rep", log=None)
+    data = load_study(fake_study.study, fake_study.uri, fake_study.out_dir)
+    assert_report_consistent(rep, data)
+    board = rep.frames["leaderboard"].set_index(["genotype_digest", "binarization"])
+    t1, t2 = fake_study.search["t1"], fake_study.search["t2"]
+    # t1's genotype: two seeds (0.30, 0.34), found by trials t1 and t3; produced by t1 (the linked run).
+    row = board.loc[(t1["digest"], "xnor")]
+    assert row["test_acc_mean"] == pytest.approx(0.32) and row["test_acc_std"] == pytest.approx(
+        0.0282843, rel=1e-4
+    )
+    assert row["n_trials"] == 2 and row["trial_id"] == "t1" and row["seeds"] == "0,1"
+    assert row["setting.reduction.strategy"] == "performance" and row["space.search.lr"] == pytest.approx(
+        0.02
+    )
+    assert rep.frames["leaderboard"].iloc[0]["binarization"] == "fp"  # the full-precision control: 0.45
+    ref = board.loc[("a59f38dbd85b", "xnor")]
+    assert ref["source"] == "reference" and ref["genotype_name"] == "bnas_xnor"
+    pts = rep.frames["pareto"].set_index("label")
+    assert pts.loc[f"{t2['digest'][:8]} (fp)", "category"] == "full precision"
+    assert pts.loc["bnas_xnor", "category"] == "reference"
+    assert not pts.loc[t1["digest"][:8], "pareto"]  # dominated by t2's (smaller and more accurate)
+    # The best architecture is the best binary one: t2's; its cells and reduction history are drawn.
+    for name in (
+        "best_normal_cell",
+        "best_reduce_cell",
+        "reduction_history_normal",
+        "reduction_history_reduce",
+        "pareto",
+        "search_curves",
+        "search_cost",
+        "optuna_history",
+        "optuna_importances",
+    ):
+        assert name in rep.pictures, name
+    assert f"genotype {t2['digest']} from trial t2" in rep.html.read_text()
+    cost = rep.frames["search_cost"].set_index("trial_id")
+    assert cost.loc["t1", "search_time_s"] == pytest.approx(t1["final"]["search_time_s"])
+    assert cost["gpu_days"].isna().all()  # CPU: no GPU-day figure, no comparison
+    assert "not compared" in rep.html.read_text()
+    assert time.perf_counter() - t0 < 60
+
+
+def test_pareto_mask_cases() -> None:
+    assert pareto_mask([], []) == []
+    assert pareto_mask([0.5], [10]) == [True]
+    # (acc, size): b dominates c; a and b trade off; d ties b exactly (neither dominates the other).
+    acc = [0.9, 0.8, 0.7, 0.8]
+    size = [100, 50, 60, 50]
+    assert pareto_mask(acc, size) == [True, True, False, True]
+
+
+def test_tables_without_retraining_rank_by_derived_accuracy(fake_study) -> None:
+    data = load_study(fake_study.study, fake_study.uri, fake_study.out_dir)
+    board = leaderboard(data.runs[data.runs["kind"] == "search"])
+    assert set(board["genotype_digest"]) == {
+        fake_study.search["t1"]["digest"],
+        fake_study.search["t2"]["digest"],
+    }
+    assert board["derived_val_acc"].is_monotonic_decreasing and board["n_seeds"].eq(0).all()
+    pts, desc = pareto_points(board)
+    assert "derived_val_acc" in desc and len(pts) == 2
+    table, summary = search_cost(data.runs)
+    assert summary["trials"] == 5 and summary["complete"] == 3 and "no GPU" in summary["note"]
+
+
+def test_gpu_cost_is_compared_with_the_paper() -> None:
+    t = pd.Timestamp("2026-01-01", tz="UTC")
+    runs = pd.DataFrame(
+        {
+            "kind": ["search", "search"],
+            "state": ["complete", "complete"],
+            "trial_id": ["a", "b"],
+            "device": ["cuda", "cuda"],
+            "search_time_s": [4320.0, 8640.0],
+            "wall_s": [4400.0, 8700.0],
+            "start_time": [t, t],
+            "end_time": [t + pd.Timedelta(seconds=8700)] * 2,
+        }
+    )
+    table, summary = search_cost(runs)
+    assert table["gpu_days"].tolist() == pytest.approx([0.05, 0.1])
+    assert summary["gpu_days_per_search"] == pytest.approx(0.075)
+    assert "0.09 GPU-days" in summary["note"]
+
+
+def _store_with_running_trial(tmp: Path) -> tuple[str, Path]:
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("bnas/early")
+    parent = client.create_run(exp, run_name="early", tags={"bnas.kind": "study", "bnas.study": "early"})
+    run = client.create_run(
+        exp,
+        run_name="search-x",
+        tags={
+            "mlflow.parentRunId": parent.info.run_id,
+            "bnas.kind": "search",
+            "bnas.study": "early",
+            "bnas.trial_id": "x",
+            "bnas.state": "running",
+        },
+    )
+    client.log_param(run.info.run_id, "device", "cpu")
+    client.log_batch(run.info.run_id, metrics=[Metric("val_acc", 0.1, 0, 1), Metric("stage", 1, 0, 1)])
+    return uri, tmp / "out"
+
+
+def test_study_without_finished_trials_reports_what_there_is(tmp_path: Path, capsys) -> None:
+    uri, out = _store_with_running_trial(tmp_path)
+    assert main(["--study", "early", "--mlflow-uri", uri, "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "no search trial has finished yet (1 running)" in text
+    assert "no Optuna storage" in text
+    assert "logged as artifacts report/ of run" in text
+    html = (out / "report" / "report.html").read_text()
+    assert "No finished search trial yet." in html
+    for png in (out / "report").glob("*.png"):
+        assert_png(png)
+    assert {p.name for p in (out / "report").glob("*.png")} >= {"search_curves.png", "pareto.png"}
+
+
+def test_optuna_with_too_few_trials_says_so(tmp_path: Path) -> None:
+    import optuna
+
+    from analysis.report import optuna_view
+
+    s = optuna.create_study(study_name="few", storage=f"sqlite:///{tmp_path / 'o.db'}", direction="maximize")
+    s.add_trial(
+        optuna.trial.create_trial(
+            params={"x": 1.0}, distributions={"x": optuna.distributions.FloatDistribution(0, 2)}, value=0.5
+        )
+    )
+    view = optuna_view(s)
+    assert view["importances"] == {} and "at least 2 complete trials" in view["note"]

@@ -1,0 +1,55 @@
+"""The report of the real smoke study (run.py + Ray + Optuna + MLflow), checked against its store.
+
+Reuses the platform tests' session fixture ``smoke_study`` (one smoke study per pytest session). The
+fixture must be visible from here, i.e. live in ``tests/conftest.py``; while it is only in
+``tests/platform/conftest.py`` this test is skipped with that reason.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from report_checks import assert_report_consistent
+
+from analysis.loader import load_study
+from analysis.report import build_report
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smoke(request: pytest.FixtureRequest):
+    try:
+        return request.getfixturevalue("smoke_study")
+    except pytest.FixtureLookupError:
+        pytest.skip(
+            "the smoke_study fixture is not visible from tests/analysis (move it to tests/conftest.py)"
+        )
+
+
+def test_smoke_study_report(smoke, tmp_path: Path) -> None:
+    study = smoke.experiment_name.split("/", 1)[1]
+    rep = build_report(study, smoke.tracking_uri, smoke.out_dir, tmp_path / "report", log=None)
+    data = load_study(study, smoke.tracking_uri, smoke.out_dir)
+    assert_report_consistent(rep, data)
+    search = data.search
+    assert len(search) >= 1 and (search["state"] == "complete").any()
+    # Every complete search run has its genotype drawn by the platform with the same bnas.visualize.
+    for rid in search.loc[search["state"] == "complete", "run_id"]:
+        names = {a.path for a in data.client.list_artifacts(rid, "cells")}
+        assert names == {"cells/normal.png", "cells/reduce.png"}
+    # Retraining runs link back to search runs of this study.
+    linked = data.retrain["search_run_id"].dropna()
+    assert set(linked) <= set(search["run_id"])
+    expected = {
+        "pareto",
+        "search_curves",
+        "search_cost",
+        "best_normal_cell",
+        "best_reduce_cell",
+        "reduction_history_normal",
+        "reduction_history_reduce",
+        "optuna_history",
+    }
+    assert expected <= set(rep.pictures)
