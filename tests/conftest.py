@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -32,3 +33,9 @@ def _one_torch_thread() -> None:
     import torch
 
     torch.set_num_threads(1)
+
+
+# The platform's session fixtures (a Ray head of our own, one real smoke study) live beside the
+# platform tests; they are registered here so the analysis tests reuse the same smoke study.
+sys.path.insert(0, str(Path(__file__).resolve().parent / "platform"))
+from platform_fixtures import ray_head, smoke_study  # noqa: E402, F401  (pytest fixtures)

@@ -1,8 +1,7 @@
 """The report of the real smoke study (run.py + Ray + Optuna + MLflow), checked against its store.
 
-Reuses the platform tests' session fixture ``smoke_study`` (one smoke study per pytest session). The
-fixture must be visible from here, i.e. live in ``tests/conftest.py``; while it is only in
-``tests/platform/conftest.py`` this test is skipped with that reason.
+Reuses the platform tests' session fixture ``smoke_study`` (one smoke study per pytest session,
+registered in tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -19,13 +18,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def smoke(request: pytest.FixtureRequest):
-    try:
-        return request.getfixturevalue("smoke_study")
-    except pytest.FixtureLookupError:
-        pytest.skip(
-            "the smoke_study fixture is not visible from tests/analysis (move it to tests/conftest.py)"
-        )
+def smoke(smoke_study):
+    return smoke_study
 
 
 def test_smoke_study_report(smoke, tmp_path: Path) -> None:

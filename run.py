@@ -1,0 +1,148 @@
+"""Run a BNAS study on Ray Tune with Optuna and MLflow: ``python run.py --study bnas_smoke``.
+
+A study is a YAML file in ``tune_configs/`` (``--list`` shows them). The search stage runs one Ray Tune
+trial per BNAS search, the retraining stage retrains the best derived genotypes; everything is
+recorded in MLflow (default: ``./mlflow.db``, MLflow's own default store, so ``mlflow ui`` started in
+this folder shows it). Study output (Ray results, Optuna study, run-id map) goes to
+``./bnas_runs/<study>/`` unless ``--out`` says otherwise.
+
+Examples::
+
+    python run.py --list
+    python run.py --study bnas_smoke --data-root ../shared/data
+    python run.py --study bnas_smoke --resume                     # after a crash
+    python run.py --study bnas_smoke --stage retrain              # retrain a finished study again
+    python run.py --study bnas_cifar --address 10.0.0.1:6379 --mlflow-uri http://10.0.0.1:5000
+
+This file is the only place that reads the command line and the environment (``BNAS_DATA_ROOT``,
+``RAY_ADDRESS``); bad input prints one ``error: ...`` paragraph and exits with status 2 before any
+trial, folder or run is created.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python run.py",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--list", action="store_true", help="list the studies in tune_configs/ and exit")
+    p.add_argument("--study", help="study name (tune_configs/<name>.yaml) or path to a study YAML file")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override part of the study, e.g. trials=2, fixed.search.layers=3, "
+        "retrain.seeds=[0], 'space.search.sampling_k={choice: [2]}' (repeatable)",
+    )
+    p.add_argument(
+        "--stage",
+        choices=("all", "search", "retrain"),
+        default="all",
+        help="search, retrain (the best genotypes of a finished search) or both (default)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted trials of the last run of this study folder",
+    )
+    p.add_argument("--out", help="study folder (default ./bnas_runs/<study>)")
+    p.add_argument(
+        "--data-root",
+        help="dataset folder (default $BNAS_DATA_ROOT, else the study's data.root, else ./data)",
+    )
+    p.add_argument(
+        "--address", help="existing Ray cluster, e.g. 127.0.0.1:6379 (default $RAY_ADDRESS, else a local one)"
+    )
+    p.add_argument(
+        "--mlflow-uri", help="tracking server or store (default: MLflow's default, sqlite ./mlflow.db)"
+    )
+    p.add_argument(
+        "--no-dashboard", action="store_true", help="do not start the Ray dashboard (local cluster)"
+    )
+    p.add_argument("--check", action="store_true", help="validate the study (and the dataset) and exit")
+    p.add_argument("--quiet", action="store_true", help="no per-trial progress, only the platform's lines")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # Before Ray is imported anywhere: no usage statistics leave this machine.
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+    from bnas.config import ConfigError
+    from bnas.data import DatasetNotFoundError
+    from bnas.genotype import GenotypeError
+    from bnas.platform.orchestrate import RunOptions, StudyInterrupted, preflight, run_study
+    from bnas.platform.study import STUDIES_DIR, list_studies, load_study
+    from bnas.platform.tracking import default_tracking_uri
+    from bnas.registry import UnknownNameError
+
+    if args.list:
+        studies = list_studies()
+        width = max((len(n) for n in studies), default=0)
+        print(f"studies in {STUDIES_DIR}:")
+        for name, desc in studies.items():
+            print(f"  {name:<{width}}  {desc}")
+        return 0
+    if not args.study:
+        print("error: name a study with --study NAME (python run.py --list shows them)", file=sys.stderr)
+        return 2
+
+    data_root = args.data_root or os.environ.get("BNAS_DATA_ROOT")
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if (
+        address
+        and "RAY_AUTH_MODE" not in os.environ
+        and (os.environ.get("RAY_AUTH_TOKEN") or (Path.home() / ".ray" / "auth_token").is_file())
+    ):
+        # Ray sends its token to a cluster named by address only in token mode (set explicitly);
+        # `ray start --address` decides the same way when it joins a node.
+        os.environ["RAY_AUTH_MODE"] = "token"
+    try:
+        spec = load_study(
+            args.study, args.overrides, data_root=Path(data_root).resolve() if data_root else None
+        )
+        opts = RunOptions(
+            out_dir=Path(args.out or Path("bnas_runs") / spec.name).resolve(),
+            tracking_uri=args.mlflow_uri or default_tracking_uri(),
+            stage=args.stage,
+            resume=args.resume,
+            address=address,
+            dashboard=not args.no_dashboard,
+            verbose=not args.quiet,
+        )
+        if args.check:
+            preflight(spec, opts)
+            print(f"{spec.source}: ok ({len(spec.space.params)} sampled setting(s), {spec.trials} trial(s))")
+            for p in spec.space.params:
+                print(f"  {p.describe()}")
+            return 0
+        outcome = run_study(spec, opts)
+    except (ConfigError, DatasetNotFoundError, GenotypeError, UnknownNameError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except StudyInterrupted as e:
+        print(f"interrupted: {e}", file=sys.stderr)
+        return 130
+    if not outcome.summary:
+        print(
+            "error: no search trial of this study finished (see the failures above and in MLflow)",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Fixtures for the platform tests: a Ray head of our own, and one real smoke study per session.
+
+``smoke_study`` runs ``python run.py --study bnas_smoke`` (shrunk with ``--set`` so it takes about a
+minute and a half on a 2-core CPU) once per test session, against a Ray head started here, with a real
+Optuna storage and a real MLflow SQLite store in a temporary folder, on the session's fake CIFAR-10
+(tests/conftest.py: 200/100 random images; the figures mean nothing, the pipeline is what is tested,
+and reading it costs nothing in every trial). Other tests (the analysis ones too) reuse it read-only.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from platform_helpers import (
+    SMOKE_TEST_SETTINGS,
+    SmokeStudy,
+    cli_env,
+    end_group,
+    free_port,
+    run_cli,
+    smoke_args,
+)
+
+
+@pytest.fixture(scope="session")
+def ray_head() -> str:
+    """A Ray head on loopback in its own temp dir and process group (so that neither a colleague's
+    ``ray.init()`` nor ``ray stop`` ever meets it); ended with its process group afterwards."""
+    port = free_port()
+    temp_dir = tempfile.mkdtemp(prefix="bnasray", dir="/tmp")  # short: Ray's socket paths must fit
+    cmd = [
+        shutil.which("ray") or "ray",
+        "start",
+        "--head",
+        "--port",
+        str(port),
+        "--node-ip-address",
+        "127.0.0.1",
+        "--include-dashboard=false",
+        "--num-cpus",
+        "2",
+        "--temp-dir",
+        temp_dir,
+        "--block",
+    ]
+    log = open(Path(temp_dir) / "ray_start.log", "w")
+    proc = subprocess.Popen(cmd, env=cli_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    address = f"127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"ray start exited: {(Path(temp_dir) / 'ray_start.log').read_text()[-2000:]}"
+                )
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise RuntimeError("the Ray head did not come up within 90 s")
+        yield address
+    finally:
+        proc.send_signal(signal.SIGTERM)  # `ray start --block` then stops what it started
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        end_group(proc, signal.SIGKILL)
+        log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def smoke_study(tmp_path_factory: pytest.TempPathFactory, ray_head: str, fake_cifar_root: Path) -> SmokeStudy:
+    """bnas_smoke, search + retraining, run once per session through ``--address`` (see module doc)."""
+    work = tmp_path_factory.mktemp("smoke_study")
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    args = smoke_args(
+        work / "study", uri, fake_cifar_root, "--address", ray_head, "--quiet", settings=SMOKE_TEST_SETTINGS
+    )
+    t0 = time.perf_counter()
+    res = run_cli(args, cwd=work, timeout=600)
+    wall = time.perf_counter() - t0
+    assert res.returncode == 0, (
+        f"run.py failed ({res.returncode}):\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}"
+    )
+    return SmokeStudy(work / "study", uri, "bnas/bnas_smoke", res.stdout + res.stderr, wall)

@@ -1,0 +1,108 @@
+"""Helpers of the platform tests: run.py as a subprocess, process groups, the smoke-study record."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+RUN_PY = REPO / "run.py"
+
+#: ``--set`` items that shrink bnas_smoke to a test: 3 trials of 2 reduction stages (3 ops per edge),
+#: images that the fake 200/100-image CIFAR of tests/conftest.py also has, top-2 x 2 seeds retrained.
+SMOKE_TEST_SETTINGS = [
+    "trials=3",
+    "fixed.search.ops=[skip_connect,sep_conv_3x3,max_pool_3x3]",
+    "fixed.data.train_subset=192",
+    "fixed.data.test_subset=100",
+    "retrain.top_k=2",
+    "retrain.seeds=[0,1]",
+]
+
+
+def smoke_args(out: Path, uri: str, data_root: Path, *extra: str, settings: Sequence[str] = ()) -> list[str]:
+    """run.py arguments for bnas_smoke in the folder ``out`` with the store ``uri``, plus ``--set``s."""
+    args = [
+        "--study",
+        "bnas_smoke",
+        "--out",
+        str(out),
+        "--mlflow-uri",
+        uri,
+        "--data-root",
+        str(data_root),
+        *extra,
+    ]
+    for item in settings:
+        args += ["--set", item]
+    return args
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cli_env() -> dict[str, str]:
+    """The environment for run.py subprocesses: no inherited cluster or data root, no usage stats."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RAY_ADDRESS", "BNAS_DATA_ROOT", "MLFLOW_TRACKING_URI")
+    }
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    return env
+
+
+def run_cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(RUN_PY), *args],
+        cwd=cwd,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def start_cli(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
+    """run.py in its own process group, so everything it spawns can be ended with it."""
+    with open(log, "w") as f:
+        return subprocess.Popen(
+            [sys.executable, str(RUN_PY), *args],
+            cwd=cwd,
+            env=cli_env(),
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def end_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    """Signal the process group ``proc`` leads (only processes this test started)."""
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+@dataclass(frozen=True)
+class SmokeStudy:
+    """A finished smoke study: its folder, MLflow store and what the run printed."""
+
+    out_dir: Path
+    tracking_uri: str
+    experiment_name: str
+    stdout: str
+    wall_s: float
+
+    @property
+    def optuna_storage(self) -> str:
+        return f"sqlite:///{self.out_dir / 'optuna.db'}"

@@ -1,0 +1,221 @@
+"""Studies as data: every study in tune_configs/ loads, and bad studies fail naming the file and key.
+
+Fast: no Ray. The space is exercised through a real (in-memory) Optuna study.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from bnas.config import ConfigError
+from bnas.platform.orchestrate import plan_trials
+from bnas.platform.space import parse_space
+from bnas.platform.study import STUDY_KEYS, list_studies, load_study, make_sampler
+
+STUDIES = list(list_studies())
+
+
+def write_study(tmp_path: Path, text: str, name: str = "bad_study") -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+MINIMAL = """
+description: a test study
+trials: 2
+fixed:
+  search: {layers: 3, init_channels: 8}
+space:
+  search.sampling_k: {choice: [2, 4]}
+"""
+
+
+def test_the_three_kinds_of_study_exist() -> None:
+    assert {"bnas_cifar", "bnas_smoke"} <= set(STUDIES)
+    multi = [n for n in STUDIES if load_study(n, data_root="/data").multi_objective]
+    assert multi, "no multi-objective example study"
+
+
+@pytest.mark.parametrize("name", STUDIES)
+def test_every_study_validates_and_describes_itself(name: str) -> None:
+    spec = load_study(name, data_root="/data")
+    assert spec.description and "\n" not in list_studies()[name]
+    assert spec.space.params, "a study samples at least one setting"
+    assert spec.base_config.data.root == "/data"
+    if spec.scheduler.name == "asha":
+        assert spec.grace_period > spec.max_warmup
+    make_sampler(spec)  # options match the sampler
+
+
+def test_smoke_and_cifar_resources() -> None:
+    assert load_study("bnas_cifar").resources.gpu == 1
+    smoke = load_study("bnas_smoke")
+    assert smoke.concurrency == 2 and 2 <= smoke.trials <= 4 and smoke.resources.gpu == "auto"
+    assert 2 <= len(smoke.base_config.search.ops) - 1 <= 3  # 2-3 reduction stages
+
+
+def test_define_by_run_conditional_parameter() -> None:
+    spec = load_study("bnas_smoke")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    seen = set()
+    for _ in range(30):
+        values = spec.space.sample(study.ask())
+        seen.add(values["binarization.method"])
+        assert ("binarization.pcnn_lambda" in values) == (values["binarization.method"] == "pcnn")
+        assert ("reduction.temperature" in values) == (values["reduction.strategy"] == "performance")
+        spec.trial_config(values)  # every sample resolves to valid settings
+    assert seen == {"xnor", "xnor_channel", "pcnn"}
+
+
+@pytest.mark.parametrize(
+    "text, key, words",
+    [
+        ("fixed: {search: {layers: 3}\nspace: [", None, ["malformed YAML", "line"]),
+        (MINIMAL + "trails: 3\n", "trails", ["unknown key", "did you mean 'trials'", "valid keys here"]),
+        (
+            MINIMAL.replace("layers: 3", "layerz: 3"),
+            "fixed.search.layerz",
+            ["unknown key", "valid keys here: layers"],
+        ),
+        (MINIMAL.replace("trials: 2", "trials: many"), "trials", ["expected int"]),
+        (
+            MINIMAL.replace("[2, 4]", "[2, 3]"),
+            "space",
+            ["'search.sampling_k': 3", "not divisible by sampling_k=3"],
+        ),
+        (
+            MINIMAL.replace("search.sampling_k", "search.samplingk"),
+            "space.search.samplingk",
+            ["not a setting", "did you mean search.sampling_k"],
+        ),
+        (
+            MINIMAL + "  binarization.pcnn_lambda: {float: [0.1, 0.2], when: {binarization.method: pcnn}}\n",
+            "space.binarization.pcnn_lambda.when",
+            ["not a parameter listed above"],
+        ),
+        (
+            MINIMAL + "  search.lr: {float: [0.0, 0.1], log: true}\n",
+            "space.search.lr.float",
+            ["log domain needs low > 0"],
+        ),
+        (
+            MINIMAL + "  search.lr: {uniform: [0.0, 0.1]}\n",
+            "space.search.lr",
+            ["unknown key", "choice, float, int"],
+        ),
+        (
+            MINIMAL + "  search.ops: {choice: [[skip_connect], [max_pool_3x3]]}\n",
+            "space.search.ops.choice",
+            ["choices must be numbers"],
+        ),
+        (MINIMAL + "fixed_extra: 1\n", "fixed_extra", ["unknown key"]),
+        (
+            MINIMAL + "retrain: {overrides: {retrain.drop_path_prob: 1.5}}\n",
+            "retrain.overrides",
+            ["retrain.drop_path_prob", "must lie in [0, 1)"],
+        ),
+        (
+            MINIMAL + "retrain: {overrides: {retrain.layer: 8}}\n",
+            "retrain.overrides.retrain.layer",
+            ["not a setting"],
+        ),
+        (MINIMAL + "retrain: {seeds: []}\n", "retrain.seeds", ["at least one seed"]),
+        (MINIMAL + "scheduler: {grace_period: 1}\nfixed_: 0\n", "fixed_", ["unknown key"]),
+        (
+            MINIMAL.replace("fixed:", "fixed:\n  reduction: {warmup_epochs: 2}")
+            + "scheduler: {name: asha, grace_period: 2}\n",
+            "scheduler.grace_period",
+            ["during the warm-up"],
+        ),
+        (
+            MINIMAL + "scheduler: {metric: derived_val_acc}\n",
+            "scheduler.metric",
+            ["not reported every epoch"],
+        ),
+        (MINIMAL + "objectives: [{metric: accuracy, mode: max}]\n", "objectives[0].metric", ["not reported"]),
+        (
+            MINIMAL + "sampler: {name: tpe, options: {n_startup: 3}}\n",
+            "sampler.options",
+            ["no option(s)", "n_startup_trials"],
+        ),
+        (MINIMAL + "sampler: {name: cmaes}\n", "sampler.name", ["expected"]),
+        (MINIMAL + "resources: {gpu: some}\n", "resources.gpu", ["expected"]),
+        (
+            MINIMAL.replace("search: {", "device: cuda\n  search: {") + "resources: {gpu: 0}\n",
+            "fixed.device",
+            ["needs a GPU"],
+        ),
+    ],
+)
+def test_bad_study_names_file_and_key(tmp_path: Path, text: str, key: str | None, words: list[str]) -> None:
+    path = write_study(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_study(str(path))
+    msg = str(err.value)
+    assert str(path) in msg
+    if key:
+        assert err.value.key == key, msg
+    for w in words:
+        assert w in msg, msg
+
+
+def test_set_overrides_reach_every_part(tmp_path: Path) -> None:
+    path = write_study(tmp_path, MINIMAL)
+    spec = load_study(
+        str(path),
+        [
+            "trials=3",
+            "fixed.search.layers=4",
+            "space.search.lr={float: [0.01, 0.1]}",
+            "retrain.overrides.retrain.epochs=2",
+            "retrain.seeds=[3]",
+        ],
+    )
+    assert spec.trials == 3 and spec.base_config.search.layers == 4
+    assert spec.space.names == ["search.sampling_k", "search.lr"]
+    assert spec.retrain_overrides == {"retrain.epochs": 2} and spec.retrain.seeds == [3]
+    assert spec.retrain_config(spec.base_config.to_dict(), 3).retrain.epochs == 2
+
+
+def test_unknown_study_lists_the_valid_ones() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_study("bnas_smok")
+    assert "did you mean 'bnas_smoke'" in str(err.value)
+    for name in STUDIES:
+        assert name in str(err.value)
+
+
+def test_space_probe_falls_back_to_one_value_at_a_time() -> None:
+    raw = {
+        f"search.{k}": {"choice": list(range(1, 20))}
+        for k in ("batch_size", "nodes", "stem_multiplier", "layers")
+    }
+    space = parse_space(
+        raw, "x.yaml", [f"search.{k}" for k in ("batch_size", "nodes", "stem_multiplier", "layers")]
+    )
+    points = list(space.probe_points())
+    assert space.count_combinations() > 20_000 and len(points) == 4 * 19
+
+
+def test_gpu_request_against_the_cluster(tmp_path: Path) -> None:
+    spec = load_study(str(write_study(tmp_path, MINIMAL + "resources: {cpu: 1, gpu: 1}\n")))
+    with pytest.raises(ConfigError, match="the Ray cluster has no GPU"):
+        plan_trials(spec, {"CPU": 2.0})
+    assert plan_trials(spec, {"CPU": 2.0, "GPU": 4.0}).device == "cuda"
+    auto = load_study(str(write_study(tmp_path, MINIMAL + "resources: {cpu: 1, gpu: auto}\n", "auto")))
+    assert plan_trials(auto, {"CPU": 2.0}).resources == {"cpu": 1, "gpu": 0.0}
+    assert plan_trials(auto, {"CPU": 2.0, "GPU": 1.0}).resources == {"cpu": 1, "gpu": 1.0}
+    big = load_study(str(write_study(tmp_path, MINIMAL + "resources: {cpu: 8}\n", "big")))
+    with pytest.raises(ConfigError, match="wait forever"):
+        plan_trials(big, {"CPU": 2.0})
+
+
+def test_study_file_round_trip_is_plain_yaml() -> None:
+    for name in STUDIES:
+        raw = yaml.safe_load((Path(load_study(name).source)).read_text())
+        assert set(raw) <= set(STUDY_KEYS)
