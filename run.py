@@ -79,6 +79,16 @@ def main(argv: list[str] | None = None) -> int:
     # Before Ray is imported anywhere: no usage statistics leave this machine.
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # Also before Ray is imported (it reads its auth mode once, at import):
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if (
+        address
+        and "RAY_AUTH_MODE" not in os.environ
+        and (os.environ.get("RAY_AUTH_TOKEN") or (Path.home() / ".ray" / "auth_token").is_file())
+    ):
+        # Ray sends its token to a cluster named by address only in token mode (set explicitly);
+        # `ray start --address` decides the same way when it joins a node.
+        os.environ["RAY_AUTH_MODE"] = "token"
 
     from bnas.config import ConfigError
     from bnas.data import DatasetNotFoundError
@@ -100,15 +110,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     data_root = args.data_root or os.environ.get("BNAS_DATA_ROOT")
-    address = args.address or os.environ.get("RAY_ADDRESS")
-    if (
-        address
-        and "RAY_AUTH_MODE" not in os.environ
-        and (os.environ.get("RAY_AUTH_TOKEN") or (Path.home() / ".ray" / "auth_token").is_file())
-    ):
-        # Ray sends its token to a cluster named by address only in token mode (set explicitly);
-        # `ray start --address` decides the same way when it joins a node.
-        os.environ["RAY_AUTH_MODE"] = "token"
     try:
         spec = load_study(
             args.study, args.overrides, data_root=Path(data_root).resolve() if data_root else None

@@ -237,6 +237,8 @@ class RetrainConfig:
         for k in ("layers", "init_channels", "epochs", "batch_size", "eval_batch_size"):
             if getattr(self, k) < 1:
                 errs.append((k, f"must be >= 1, got {getattr(self, k)}"))
+        if self.layers >= 1 and self.layers < 3:
+            errs.append(("layers", f"needs >= 3 cells (two of them reduction cells), got {self.layers}"))
         if not 0.0 <= self.drop_path_prob < 1.0:
             errs.append(("drop_path_prob", f"must lie in [0, 1), got {self.drop_path_prob}"))
         if self.cutout < 0:
@@ -285,6 +287,13 @@ class ExperimentConfig:
         ):
             if val not in reg:
                 errs.append((key, f"unknown name {val!r}; valid: {', '.join(reg.names())}"))
+        n_ops, stages = len(self.search.ops), self.reduction.stages
+        if stages is not None and self.reduction.strategy != "none" and stages > n_ops - 1:
+            errs.append((
+                "reduction.stages",
+                f"{stages} stages would remove more than the {n_ops - 1} ops that can go "
+                f"from {n_ops} per edge",
+            ))
         return errs
 
     def to_dict(self) -> dict[str, Any]:
