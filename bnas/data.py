@@ -753,6 +753,16 @@ def _loader(
     )
 
 
+def reseed_loader(loader: DataLoader, order_seed: int, augment_seed: int) -> None:
+    """Make the next pass over ``loader`` a function of the two seeds alone: the shuffle order (the
+    loader's generator, which its RandomSampler shares) and the augmentation (the dataset's stream).
+    Reseeding before every epoch is what makes resumed runs repeat uninterrupted ones exactly."""
+    if loader.generator is not None:
+        loader.generator.manual_seed(order_seed)
+    if hasattr(loader.dataset, "reseed"):
+        loader.dataset.reseed(augment_seed)
+
+
 def search_loaders(
     cfg: DataConfig, batch_size: int, seed: int, device: torch.device | None = None
 ) -> tuple[DataLoader, DataLoader, DatasetInfo]:

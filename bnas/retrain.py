@@ -38,7 +38,7 @@ from torch import nn
 
 from bnas.binarization import BinarySpec, projection_loss
 from bnas.config import ConfigError, ExperimentConfig
-from bnas.data import DatasetInfo, retrain_loaders
+from bnas.data import DatasetInfo, reseed_loader, retrain_loaders
 from bnas.eval_network import EvalNetwork
 from bnas.export import export_packed
 from bnas.genotype import Genotype
@@ -99,10 +99,7 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 def _reseed_data(loader: torch.utils.data.DataLoader, seed: int, epoch: int) -> None:
     """Make epoch ``epoch``'s shuffle and augmentation a function of ``(seed, epoch)`` only."""
     s = _epoch_seed(seed, epoch)
-    if loader.generator is not None:
-        loader.generator.manual_seed(s)
-    if hasattr(loader.dataset, "reseed"):
-        loader.dataset.reseed(s ^ 0x5EED)
+    reseed_loader(loader, s, s ^ 0x5EED)
 
 
 def train_epoch(

@@ -37,7 +37,7 @@ from torch import nn
 
 from bnas.binarization import BinarySpec, projection_loss, reset_projection_terms
 from bnas.config import ExperimentConfig, load_config
-from bnas.data import search_loaders
+from bnas.data import reseed_loader, search_loaders
 from bnas.genotype import Genotype
 from bnas.reduction import ReductionContext, make_strategy
 from bnas.runtime import (
@@ -73,15 +73,9 @@ def _seed(base: int, *parts: int) -> int:
     return s
 
 
-def _reseed_loader(loader: torch.utils.data.DataLoader, seed: int) -> None:
-    """Make the next pass over ``loader`` (order and augmentation) a function of ``seed`` alone."""
-    if loader.generator is not None:
-        loader.generator.manual_seed(seed)
-    gen = getattr(loader.sampler, "generator", None)
-    if gen is not None and gen is not loader.generator:
-        gen.manual_seed(seed + 1)
-    if hasattr(loader.dataset, "reseed"):
-        loader.dataset.reseed(seed + 2)
+def _reseed(loader: torch.utils.data.DataLoader, seed: int) -> None:
+    """Order from ``seed``, augmentation from ``seed + 2`` (see :func:`bnas.data.reseed_loader`)."""
+    reseed_loader(loader, seed, seed + 2)
 
 
 def _batches(
@@ -165,8 +159,7 @@ class Search:
         self.spec = BinarySpec.from_config(cfg.binarization)
         self.strategy = make_strategy(rc)
         n_ops = len(sc.ops)
-        max_stages = n_ops - 1 if self.strategy.reduces else max(n_ops - 1, 1)
-        self.n_stages = rc.stages if rc.stages is not None else max(max_stages, 1)
+        self.n_stages = rc.stages if rc.stages is not None else max(n_ops - 1, 1)
         if self.strategy.reduces and self.n_stages > n_ops - 1:
             from bnas.config import ConfigError
 
@@ -279,7 +272,7 @@ class Search:
     def evaluate(self, selection: Selection | None = None, cap: int | None = None) -> tuple[float, float]:
         """(loss, accuracy) on the validation split, with batch statistics (see batch_statistics)."""
         loss_m, acc_m = AverageMeter(), AverageMeter()
-        _reseed_loader(self.val_loader, _seed(self.cfg.seed, 99))
+        _reseed(self.val_loader, _seed(self.cfg.seed, 99))
         with batch_statistics(self.net):
             for x, y in _batches(self.val_loader, cap):
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
@@ -294,8 +287,8 @@ class Search:
         sc, rc = self.cfg.search, self.cfg.reduction
         ep = self.global_epoch
         torch.manual_seed(_seed(self.cfg.seed, 1, ep))
-        _reseed_loader(self.train_loader, _seed(self.cfg.seed, 2, ep))
-        _reseed_loader(self.val_loader, _seed(self.cfg.seed, 3, ep))
+        _reseed(self.train_loader, _seed(self.cfg.seed, 2, ep))
+        _reseed(self.val_loader, _seed(self.cfg.seed, 3, ep))
         lr = self._lr(ep)
         self._set_lr(lr)
         warmup = self.stage == 0 and self.epoch_in_stage < rc.warmup_epochs
@@ -327,30 +320,30 @@ class Search:
         }
 
     # ------------------------------------------------------------------ sampled sub-networks
+    def _subnet_loader(self) -> torch.utils.data.DataLoader:
+        """The sampled sub-networks' train loader (their own batch size), made on first use."""
+        if self.sub_loader is None:
+            self.sub_loader, _, _ = search_loaders(
+                self.cfg.data, self.cfg.reduction.subnet_batch_size, self.cfg.seed, self.device
+            )
+        return self.sub_loader
+
     def _evaluate_subnet(self, selection: Selection) -> float:
         """Train the sub-network for V epochs with the shared weights, return its val accuracy."""
         rc, sc = self.cfg.reduction, self.cfg.search
-        if self.sub_loader is None:
-            self.sub_loader, _, _ = search_loaders(
-                self.cfg.data, rc.subnet_batch_size, self.cfg.seed, self.device
-            )
+        sub_loader = self._subnet_loader()
         self.net.train()
         for _ in range(rc.subnet_epochs):
-            for x, y in _batches(self.sub_loader, rc.subnet_max_batches):
+            for x, y in _batches(sub_loader, rc.subnet_max_batches):
                 self._weight_step(
                     x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True), selection
                 )
         return self.evaluate(selection, cap=sc.max_batches_per_epoch)[1]
 
     def _reduce(self) -> list[dict]:
-        sc = self.cfg.search
         torch.manual_seed(_seed(self.cfg.seed, 4, self.stage))
-        if self.sub_loader is not None or self.strategy.samples:
-            if self.sub_loader is None:
-                self.sub_loader, _, _ = search_loaders(
-                    self.cfg.data, self.cfg.reduction.subnet_batch_size, self.cfg.seed, self.device
-                )
-            _reseed_loader(self.sub_loader, _seed(self.cfg.seed, 5, self.stage))
+        if self.strategy.samples:
+            _reseed(self._subnet_loader(), _seed(self.cfg.seed, 5, self.stage))
         self._set_lr(self._lr(self.global_epoch))
         with torch.no_grad():
             probs = {t: [p.tolist() for p in self.net.op_probabilities(t)] for t in CELL_TYPES}
@@ -376,7 +369,6 @@ class Search:
             records.append(rec)
         # Removing ops changed the weight list: rebuild SGD, carrying momentum by name.
         self.w_opt = self._weight_optimizer(self._momentum_by_name())
-        del sc
         return records
 
     # ------------------------------------------------------------------ checkpointing
