@@ -25,6 +25,10 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported for real only after the Ray settings below
+    from bnas.platform.study import StudySpec
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -74,6 +78,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _load_study(args: argparse.Namespace) -> StudySpec:
+    """The study with its data root: ``--data-root``, else ``$BNAS_DATA_ROOT``, else the study's
+    ``data.root``, else ``./data`` (:func:`bnas.data.resolve_data_root`, the one precedence)."""
+    from bnas.data import resolve_data_root
+    from bnas.platform.study import load_study
+
+    spec = load_study(args.study, args.overrides)  # data.root: the study's, else ./data (absolute)
+    configured = spec.base_config.data.root
+    root = resolve_data_root(args.data_root, configured, os.environ)
+    if configured is None or root != Path(configured):
+        spec = load_study(args.study, args.overrides, data_root=root)
+    return spec
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # Before Ray is imported anywhere: no usage statistics leave this machine.
@@ -94,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     from bnas.data import DatasetNotFoundError
     from bnas.genotype import GenotypeError
     from bnas.platform.orchestrate import RunOptions, StudyInterrupted, preflight, run_study
-    from bnas.platform.study import STUDIES_DIR, list_studies, load_study
-    from bnas.platform.tracking import default_tracking_uri
+    from bnas.platform.study import STUDIES_DIR, list_studies
+    from bnas.platform.tracking_schema import default_study_dir, default_tracking_uri
     from bnas.registry import UnknownNameError
 
     if args.list:
@@ -109,13 +127,10 @@ def main(argv: list[str] | None = None) -> int:
         print("error: name a study with --study NAME (python run.py --list shows them)", file=sys.stderr)
         return 2
 
-    data_root = args.data_root or os.environ.get("BNAS_DATA_ROOT")
     try:
-        spec = load_study(
-            args.study, args.overrides, data_root=Path(data_root).resolve() if data_root else None
-        )
+        spec = _load_study(args)
         opts = RunOptions(
-            out_dir=Path(args.out or Path("bnas_runs") / spec.name).resolve(),
+            out_dir=Path(args.out).resolve() if args.out else default_study_dir(spec.name),
             tracking_uri=args.mlflow_uri or default_tracking_uri(),
             stage=args.stage,
             resume=args.resume,

@@ -3,7 +3,9 @@ live in :mod:`bnas.visualize` (one implementation shared with the platform).
 
 Every function takes plain data (DataFrames, dicts) and returns a :class:`~matplotlib.figure.Figure`;
 an empty input gives a figure that says so rather than an error, so a study that is still running
-gets a report too.
+gets a report too. Figures are made with matplotlib's object API (``Figure``, no pyplot), so saving
+them (``fig.savefig``) works headless without switching the process's global backend, and nothing
+stays registered with pyplot afterwards.
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ import math
 from typing import Any
 
 import matplotlib
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from matplotlib.transforms import blended_transform_factory
 
-matplotlib.use("Agg", force=False)
+from bnas.platform.tracking_schema import Metric, State
 
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+#: Metric-history columns (:meth:`analysis.loader.StudyRuns.metric_history`) drawn as search curves.
+VAL_ACC, OPS, STAGE = Metric.VAL_ACC, Metric.OPS_PER_EDGE, Metric.STAGE
 
 POINT_STYLES = {
     "search": {"marker": "o", "color": "#1f5fa8", "label": "derived (binary)"},
@@ -39,7 +43,8 @@ def plot_pareto(points: pd.DataFrame, acc_label: str = "retrained test accuracy"
     ``points`` columns: ``label``, ``packed_bytes``, ``acc``, ``acc_std`` (may be NaN), ``category``
     (``search``, ``full precision`` or ``reference``) and ``pareto`` (bool).
     """
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig = Figure(figsize=(7.5, 4.8))
+    ax = fig.subplots()
     if points.empty:
         _empty(ax, "no architecture has both an accuracy and a packed size yet")
         ax.set_title("Accuracy vs packed model size")
@@ -110,27 +115,28 @@ def plot_search_curves(curves: dict[str, pd.DataFrame], states: dict[str, str] |
     complete are drawn dashed, with their state in the legend.
     """
     states = states or {}
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 6.2), sharex=True, height_ratios=[2, 1])
+    fig = Figure(figsize=(8, 6.2))
+    ax1, ax2 = fig.subplots(2, 1, sharex=True, height_ratios=[2, 1])
     curves = {k: v for k, v in curves.items() if not v.empty}
     if not curves:
         _empty(ax1, "no search trial has reported an epoch yet")
         _empty(ax2, "")
         ax1.set_title("Search curves")
         return fig
-    cmap = plt.get_cmap("tab10")
+    cmap = matplotlib.colormaps["tab10"]
     boundaries: dict[str, list[float]] = {}
     for i, (label, df) in enumerate(curves.items()):
         color = cmap(i % 10)
         state = states.get(label, "")
-        ls = "-" if state in ("", "complete") else "--"
-        name = label if state in ("", "complete") else f"{label} ({state})"
-        if "val_acc" in df and df["val_acc"].notna().any():
-            ax1.plot(df["step"], df["val_acc"], ls, marker="o", ms=3, color=color, label=name)
-        if "ops_per_edge" in df and df["ops_per_edge"].notna().any():
-            ax2.plot(df["step"], df["ops_per_edge"], ls, marker="o", ms=3, color=color, label=name)
-        if "stage" in df and df["stage"].notna().any():
-            st = df[["step", "stage"]].dropna()
-            changes = st["step"][st["stage"].diff().fillna(0) > 0]
+        ls = "-" if state in ("", State.COMPLETE) else "--"
+        name = label if state in ("", State.COMPLETE) else f"{label} ({state})"
+        if VAL_ACC in df and df[VAL_ACC].notna().any():
+            ax1.plot(df["step"], df[VAL_ACC], ls, marker="o", ms=3, color=color, label=name)
+        if OPS in df and df[OPS].notna().any():
+            ax2.plot(df["step"], df[OPS], ls, marker="o", ms=3, color=color, label=name)
+        if STAGE in df and df[STAGE].notna().any():
+            st = df[["step", STAGE]].dropna()
+            changes = st["step"][st[STAGE].diff().fillna(0) > 0]
             boundaries[label] = [float(s) - 0.5 for s in changes]
     shared = len({tuple(b) for b in boundaries.values()}) == 1
     for i, bs in enumerate(boundaries.values()):
@@ -159,7 +165,8 @@ def plot_optuna_history(
     ``trials`` columns: ``number``, ``value`` (NaN unless complete) and ``state`` (Optuna's state
     name); pruned and failed trials are marked along the bottom.
     """
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     ax.set_title("Optuna optimization history")
     if trials.empty:
         _empty(ax, "the Optuna study has no trials")
@@ -174,7 +181,7 @@ def plot_optuna_history(
     other = trials[trials["state"] != "COMPLETE"]
     if len(other):
         # No objective value: mark them along the bottom edge (x in data, y in axes coordinates).
-        bottom = matplotlib.transforms.blended_transform_factory(ax.transData, ax.transAxes)
+        bottom = blended_transform_factory(ax.transData, ax.transAxes)
         for state, marker in (("PRUNED", "v"), ("FAIL", "x"), ("RUNNING", "."), ("WAITING", ".")):
             sel = other[other["state"] == state]
             if len(sel):
@@ -199,7 +206,8 @@ def plot_optuna_history(
 
 def plot_param_importances(importances: dict[str, float], target: str = "objective") -> Figure:
     """Optuna parameter importances as horizontal bars (largest on top)."""
-    fig, ax = plt.subplots(figsize=(7, 0.45 * max(len(importances), 2) + 1.2))
+    fig = Figure(figsize=(7, 0.45 * max(len(importances), 2) + 1.2))
+    ax = fig.subplots()
     ax.set_title(f"Parameter importances for {target}")
     if not importances:
         _empty(ax, "no importances")
@@ -216,7 +224,8 @@ def plot_param_importances(importances: dict[str, float], target: str = "objecti
 
 def plot_search_cost(cost: pd.DataFrame) -> Figure:
     """Per trial: the search's own time and the wall time of its run around it (start-up, tracking)."""
-    fig, ax = plt.subplots(figsize=(7.5, 0.4 * max(len(cost), 2) + 2.0))
+    fig = Figure(figsize=(7.5, 0.4 * max(len(cost), 2) + 2.0))
+    ax = fig.subplots()
     ax.set_title("Search cost per trial")
     if cost.empty:
         _empty(ax, "no search trial yet")

@@ -41,352 +41,18 @@ from typing import Any
 
 import pandas as pd
 
-from analysis.loader import AnalysisError, StudyRuns, is_number, load_study
-
-#: The paper's search cost (method.md section 9): ~0.09 GPU-days for BNAS (PCNN), ~0.1 for XNOR.
-PAPER_GPU_DAYS = 0.09
-#: Settings shown for every leaderboard row (besides every sampled ``space.*`` value).
-KEY_SETTINGS = (
-    "binarization.method",
-    "search.sampling_k",
-    "reduction.strategy",
-    "reduction.epochs_per_stage",
-    "search.ops",
+from analysis.loader import AnalysisError, StudyRuns, load_study
+from analysis.tables import (
+    SIZE_COLUMNS,
+    finished_search_runs,
+    leaderboard,
+    optuna_view,
+    pareto_points,
+    runs_of_kind,
+    search_cost,
+    trials_table,
 )
-SIZE_COLUMNS = ("params", "binary_params", "fp_params", "packed_bytes", "fp32_bytes")
-
-
-# --------------------------------------------------------------------------------------------
-# Tables (pure pandas; unit-tested against the runs)
-# --------------------------------------------------------------------------------------------
-
-
-def _finite(s: pd.Series) -> pd.Series:
-    return pd.to_numeric(s, errors="coerce").map(lambda v: is_number(v))
-
-
-def _col(df: pd.DataFrame, name: str) -> pd.Series:
-    return df[name] if name in df else pd.Series([None] * len(df), index=df.index, dtype=object)
-
-
-def finished_search_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """Search runs that completed and derived a genotype."""
-    s = runs[(runs["kind"] == "search") & (_col(runs, "state") == "complete")]
-    return s[s["genotype_digest"].notna() & (s["genotype_digest"] != "")]
-
-
-def finished_retrain_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """Retraining runs that completed with a final test accuracy."""
-    r = runs[(runs["kind"] == "retrain") & (_col(runs, "state") == "complete")]
-    return r[_finite(_col(r, "test_acc"))] if len(r) else r
-
-
-def leaderboard(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per derived architecture (genotype digest x retraining binarization method), best first.
-
-    Accuracy is the retrained ``test_acc`` (mean, sample standard deviation and count over seeds);
-    rows without retraining keep NaN there and rank after retrained ones, by ``derived_val_acc``.
-    The search run that produced a row is the one its retraining runs name (``bnas.search_run_id``),
-    else the complete search run with that digest and the highest ``derived_val_acc``. Size figures
-    are the retraining runs' (else the search run's, computed at the retraining settings).
-    Retrained reference genotypes get ``source = reference``.
-    """
-    search = finished_search_runs(runs)
-    retrain = finished_retrain_runs(runs)
-    by_id = {r["run_id"]: r for _, r in runs[runs["kind"] == "search"].iterrows()}
-    groups: dict[tuple[str, str], dict[str, Any]] = {}
-    for _, r in retrain.iterrows():
-        key = (r["genotype_digest"], str(r.get("param.binarization.method", "")))
-        groups.setdefault(key, {"retrain": [], "search_ids": []})["retrain"].append(r)
-        if isinstance(r.get("search_run_id"), str):
-            groups[key]["search_ids"].append(r["search_run_id"])
-    retrained_digests = {d for d, _ in groups}
-    for _, r in search.iterrows():
-        if r["genotype_digest"] not in retrained_digests:
-            key = (r["genotype_digest"], str(r.get("param.binarization.method", "")))
-            groups.setdefault(key, {"retrain": [], "search_ids": []})
-    rows = []
-    for (digest, method), g in groups.items():
-        same = search[search["genotype_digest"] == digest]
-        linked = [by_id[i] for i in g["search_ids"] if i in by_id]
-        if linked:
-            producer = max(
-                linked,
-                key=lambda r: r.get("derived_val_acc", -1) if is_number(r.get("derived_val_acc")) else -1,
-            )
-        elif len(same):
-            producer = same.sort_values("derived_val_acc", ascending=False, na_position="last").iloc[0]
-        else:
-            producer = None
-        accs = [float(r["test_acc"]) for r in g["retrain"]]
-        seeds = sorted({int(r["seed"]) for r in g["retrain"] if is_number(r.get("seed"))})
-        name = next((r["genotype_name"] for r in g["retrain"] if r.get("genotype_name")), "")
-        if not name and producer is not None:
-            name = producer.get("genotype_name") or ""
-        row: dict[str, Any] = {
-            "genotype_digest": digest,
-            "genotype_name": name,
-            "source": "search" if producer is not None else "reference",
-            "binarization": method,
-            "test_acc_mean": sum(accs) / len(accs) if accs else math.nan,
-            "test_acc_std": pd.Series(accs).std(ddof=1) if len(accs) > 1 else math.nan,
-            "n_seeds": len(accs),
-            "seeds": ",".join(map(str, seeds)),
-            "derived_val_acc": producer.get("derived_val_acc", math.nan)
-            if producer is not None
-            else math.nan,
-            "supernet_val_acc": producer.get("supernet_val_acc", math.nan)
-            if producer is not None
-            else math.nan,
-            "search_time_s": producer.get("search_time_s", math.nan) if producer is not None else math.nan,
-            "n_trials": int(len(same)),
-            "trial_id": producer.get("trial_id") if producer is not None else None,
-            "search_run_id": producer.get("run_id") if producer is not None else None,
-            "retrain_run_ids": ",".join(r["run_id"] for r in g["retrain"]),
-        }
-        for c in SIZE_COLUMNS:
-            vals = [float(r[c]) for r in g["retrain"] if is_number(r.get(c))]
-            if not vals and producer is not None and is_number(producer.get(c)):
-                vals = [float(producer[c])]
-            row[c] = sum(vals) / len(vals) if vals else math.nan
-        if producer is not None:
-            for k in KEY_SETTINGS:
-                row[f"setting.{k}"] = producer.get(f"param.{k}")
-            for k, v in producer.items():
-                if isinstance(k, str) and k.startswith("param.space.") and not _isnan(v):
-                    row[k[len("param.") :]] = v
-        rows.append(row)
-    if not rows:
-        return pd.DataFrame(
-            columns=[
-                "rank",
-                "genotype_digest",
-                "genotype_name",
-                "source",
-                "binarization",
-                "test_acc_mean",
-                "test_acc_std",
-                "n_seeds",
-                "derived_val_acc",
-                "packed_bytes",
-                "params",
-                "search_time_s",
-            ]
-        )
-    df = pd.DataFrame(rows)
-    df = df.sort_values(
-        ["test_acc_mean", "derived_val_acc"], ascending=[False, False], na_position="last", kind="stable"
-    ).reset_index(drop=True)
-    df.insert(0, "rank", range(1, len(df) + 1))
-    return df
-
-
-def _isnan(v: Any) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v))
-
-
-def pareto_mask(acc: list[float], size: list[float]) -> list[bool]:
-    """``True`` where no other point is at least as accurate and at most as large, and strictly
-    better in one of the two (maximise ``acc``, minimise ``size``)."""
-    out = []
-    for i, (a, s) in enumerate(zip(acc, size)):
-        dominated = any(
-            (a2 >= a and s2 <= s) and (a2 > a or s2 < s)
-            for j, (a2, s2) in enumerate(zip(acc, size))
-            if j != i
-        )
-        out.append(not dominated)
-    return out
-
-
-def pareto_points(board: pd.DataFrame) -> tuple[pd.DataFrame, str]:
-    """Leaderboard rows placed on accuracy vs packed size, with the ``pareto`` flag.
-
-    Uses the retrained accuracy when any row has one (rows without are left out); otherwise the
-    search's ``derived_val_acc``. Returns the points and the accuracy's description.
-    """
-    if board.empty:
-        return pd.DataFrame(columns=["label", "packed_bytes", "acc", "acc_std", "category", "pareto"]), ""
-    retrained = board[_finite(board["test_acc_mean"])]
-    if len(retrained):
-        pts, acc_col, desc = retrained, "test_acc_mean", "retrained test accuracy (mean over seeds)"
-    else:
-        pts, acc_col = board, "derived_val_acc"
-        desc = "derived_val_acc (shared-weight accuracy; nothing retrained yet)"
-    pts = pts[_finite(pts[acc_col]) & _finite(pts["packed_bytes"])].copy()
-
-    def category(r: pd.Series) -> str:
-        if r["binarization"] == "fp":
-            return "full precision"
-        return "reference" if r["source"] == "reference" else "search"
-
-    def label(r: pd.Series) -> str:
-        base = r["genotype_name"] or str(r["genotype_digest"])[:8]
-        return f"{base} (fp)" if r["binarization"] == "fp" else base
-
-    out = pd.DataFrame(
-        {
-            "rank": pts["rank"],
-            "label": [label(r) for _, r in pts.iterrows()],
-            "genotype_digest": pts["genotype_digest"],
-            "binarization": pts["binarization"],
-            "category": [category(r) for _, r in pts.iterrows()],
-            "packed_bytes": pts["packed_bytes"].astype(float),
-            "acc": pts[acc_col].astype(float),
-            "acc_std": pts["test_acc_std"].astype(float) if acc_col == "test_acc_mean" else math.nan,
-        }
-    ).reset_index(drop=True)
-    out["pareto"] = pareto_mask(out["acc"].tolist(), out["packed_bytes"].tolist())
-    return out, desc
-
-
-def search_cost(runs: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Per search trial: state, device, the search's own time (its device time: one device per trial)
-    and the run's wall time; plus totals and the comparison with the paper where it applies."""
-    s = runs[runs["kind"] == "search"]
-    cols = ["trial_id", "state", "device", "search_time_s", "wall_s", "device_time_s", "gpu_days"]
-    if s.empty:
-        return pd.DataFrame(columns=cols), {"trials": 0, "note": "no search trial yet"}
-    device = _col(s, "device").fillna("unknown").astype(str)
-    search_s = pd.to_numeric(_col(s, "search_time_s"), errors="coerce")
-    wall = pd.to_numeric(s["wall_s"], errors="coerce")
-    dev_s = search_s.where(search_s.notna(), wall)  # pruned/failed trials report no search time
-    on_gpu = device.str.startswith("cuda")
-    table = pd.DataFrame(
-        {
-            "trial_id": s["trial_id"].values,
-            "state": s["state"].values,
-            "device": device.values,
-            "search_time_s": search_s.values,
-            "wall_s": wall.values,
-            "device_time_s": dev_s.values,
-            "gpu_days": (dev_s / 86400.0).where(on_gpu).values,
-        }
-    )
-    done = table[table["state"] == "complete"]
-    starts, ends = runs["start_time"].dropna(), runs["end_time"].dropna()
-    summary: dict[str, Any] = {
-        "trials": len(table),
-        "complete": len(done),
-        "devices": sorted(set(table["device"])),
-        "total_device_s": float(table["device_time_s"].sum()),
-        "total_trial_wall_s": float(table["wall_s"].sum()),
-        "study_wall_s": float((ends.max() - starts.min()).total_seconds())
-        if len(starts) and len(ends)
-        else math.nan,
-        "mean_search_s": float(done["search_time_s"].mean()) if len(done) else math.nan,
-        "retrain_wall_s": float(
-            pd.to_numeric(_col(runs[runs["kind"] == "retrain"], "wall_s"), errors="coerce").sum()
-        ),
-    }
-    if on_gpu.all():
-        per = summary["mean_search_s"] / 86400.0
-        summary["gpu_days_per_search"] = per
-        summary["gpu_days_total"] = summary["total_device_s"] / 86400.0
-        summary["note"] = (
-            f"on GPU: {per:.4f} GPU-days per complete search (mean), "
-            f"{summary['gpu_days_total']:.4f} GPU-days for all {len(table)} trials; the paper reports "
-            f"~{PAPER_GPU_DAYS} GPU-days per search at full size (ratio {per / PAPER_GPU_DAYS:.3g}; the "
-            f"settings here may be smaller than the paper's)."
-        )
-    elif on_gpu.any():
-        summary["note"] = (
-            "trials ran on a mix of devices ("
-            + ", ".join(summary["devices"])
-            + "); GPU-day figures are per GPU trial only and not compared with the paper."
-        )
-    else:
-        summary["note"] = (
-            f"trials ran on {', '.join(summary['devices'])} (no GPU): device time is CPU time of one "
-            f"trial slot and is not compared with the paper's ~{PAPER_GPU_DAYS} GPU-days."
-        )
-    return table, summary
-
-
-def trials_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """The search trials: state, genotype, derived accuracy, search time and sampled values."""
-    s = runs[runs["kind"] == "search"]
-    if s.empty:
-        return pd.DataFrame(columns=["trial_id", "state", "genotype_digest", "derived_val_acc"])
-    keep = [
-        "trial_id",
-        "state",
-        "status",
-        "genotype_digest",
-        "derived_val_acc",
-        "supernet_val_acc",
-        "search_time_s",
-        "packed_bytes",
-        "error",
-        "run_id",
-    ]
-    out = s[[c for c in keep if c in s]].copy()
-    for c in sorted(c for c in s.columns if c.startswith("param.space.")):
-        out[c[len("param.") :]] = s[c]
-    return out.reset_index(drop=True)
-
-
-# --------------------------------------------------------------------------------------------
-# Optuna
-# --------------------------------------------------------------------------------------------
-
-
-def _study_objectives(name: str) -> list[str]:
-    """The objective metric names of study ``name`` from its file in ``tune_configs/`` (if there)."""
-    from bnas.config import ConfigError, read_yaml
-
-    path = Path(__file__).resolve().parents[1] / "tune_configs" / f"{name}.yaml"
-    try:
-        raw = read_yaml(path) if path.is_file() else None
-        objs = raw.get("objectives") if isinstance(raw, dict) else None
-        return [str(o.get("metric", "")) for o in objs] if isinstance(objs, list) else []
-    except (ConfigError, AttributeError):
-        return []
-
-
-def optuna_view(study: Any) -> dict[str, Any]:
-    """Trials table, direction, target name, importances (or a note saying why there are none)."""
-    import optuna
-
-    trials = study.get_trials(deepcopy=False)
-    multi = len(study.directions) > 1
-    direction = "maximize" if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else "minimize"
-    rows = [
-        {
-            "number": t.number,
-            "state": t.state.name,
-            "value": (t.values[0] if t.values else math.nan),
-            **{f"param.{k}": v for k, v in t.params.items()},
-        }
-        for t in trials
-    ]
-    table = pd.DataFrame(rows, columns=["number", "state", "value"] if not rows else None)
-    names = getattr(study, "metric_names", None) or _study_objectives(study.study_name)
-    target = names[0] if names and names[0] else ("objective 1" if multi else "objective")
-    view: dict[str, Any] = {
-        "trials": table,
-        "direction": direction,
-        "target": target,
-        "importances": {},
-        "note": "",
-    }
-    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if len(complete) < 2:
-        view["note"] = (
-            f"parameter importances need at least 2 complete trials; the study has {len(complete)} "
-            f"(of {len(trials)})."
-        )
-        return view
-    try:
-        kwargs = {"target": (lambda t: t.values[0]), "target_name": target} if multi else {}
-        imp = optuna.importance.get_param_importances(study, **kwargs)
-        view["importances"] = {k: float(v) for k, v in imp.items()}
-        if not imp:
-            view["note"] = "no parameter varied across the complete trials: no importances."
-    except Exception as e:  # noqa: BLE001 - too few or degenerate trials: say so, do not fail the report
-        view["note"] = f"parameter importances could not be computed ({type(e).__name__}: {e})."
-    return view
-
+from bnas.platform.tracking_schema import DEFAULT_OUT_ROOT, OPTUNA_DB, RETRAIN, SEARCH, Artifact, is_number
 
 # --------------------------------------------------------------------------------------------
 # The report
@@ -415,8 +81,8 @@ def _fmt_table(df: pd.DataFrame, max_rows: int = 200) -> str:
         return "<p class='note'>(empty)</p>"
     shown = df.head(max_rows).copy()
     for c in shown.columns:
-        if c in ("packed_bytes", "fp32_bytes", "params", "binary_params", "fp_params"):
-            shown[c] = shown[c].map(lambda v: "" if _isnan(v) else f"{v:,.0f}")
+        if c in SIZE_COLUMNS:
+            shown[c] = shown[c].map(lambda v: f"{v:,.0f}" if is_number(v) else "")
     return shown.to_html(
         index=False, na_rep="", float_format=lambda v: f"{v:.4g}", border=0, classes="t", escape=True
     )
@@ -455,8 +121,8 @@ def build_report(
     rep = Report(dir=rdir, html=rdir / "report.html")
     notes = rep.notes
     runs = data.runs
-    n_search = int((runs["kind"] == "search").sum()) if len(runs) else 0
-    counts = runs[runs["kind"] == "search"]["state"].value_counts().to_dict() if n_search else {}
+    n_search = len(runs_of_kind(runs, SEARCH)) if len(runs) else 0
+    counts = runs_of_kind(runs, SEARCH)["state"].value_counts().to_dict() if n_search else {}
     n_done = len(finished_search_runs(runs)) if len(runs) else 0
     if n_search == 0:
         notes.append("the study has no search trial in the store yet: nothing to rank.")
@@ -507,19 +173,19 @@ def build_report(
         b = best.iloc[0]
         rid = b["search_run_id"]
         best_info = f"genotype {b['genotype_digest']} from trial {b['trial_id']} (run {rid})"
-        history = data.artifact_json(rid, "history.json")
+        history = data.artifact_json(rid, Artifact.HISTORY)
         if history is not None:
             for cell in ("normal", "reduce"):
                 save(f"reduction_history_{cell}", plot_reduction_history(history, cell))
         else:
-            notes.append(f"the best trial's run {rid} has no history.json artifact.")
-        gdict = data.artifact_json(rid, "genotype.json")
+            notes.append(f"the best trial's run {rid} has no {Artifact.HISTORY} artifact.")
+        gdict = data.artifact_json(rid, Artifact.GENOTYPE)
         if gdict is not None:
             g = Genotype.from_dict(gdict)
             for cell in ("normal", "reduce"):
                 save(f"best_{cell}_cell", draw_cell(g, cell))
         else:
-            notes.append(f"the best trial's run {rid} has no genotype.json artifact.")
+            notes.append(f"the best trial's run {rid} has no {Artifact.GENOTYPE} artifact.")
 
     ostudy, onote = data.optuna_study()
     oview: dict[str, Any] | None = None
@@ -552,9 +218,10 @@ def build_report(
             notes.append("the study has no parent run in the store: the report was not logged to MLflow.")
             log("report: no parent run to log to")
         else:
-            data.client.log_artifacts(data.parent_run_id, str(rdir), artifact_path="report")
+            data.client.log_artifacts(data.parent_run_id, str(rdir), artifact_path=Artifact.REPORT)
             rep.logged_to = data.parent_run_id
-            log(f"report: logged as artifacts report/ of run {data.parent_run_id} in {data.tracking_uri}")
+            where = f"run {data.parent_run_id} in {data.tracking_uri}"
+            log(f"report: logged as artifacts {Artifact.REPORT}/ of {where}")
     return rep
 
 
@@ -579,8 +246,8 @@ def _html(
     f = rep.frames
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     runs = f["runs"]
-    n_s = int((runs["kind"] == "search").sum()) if len(runs) else 0
-    n_r = int((runs["kind"] == "retrain").sum()) if len(runs) else 0
+    n_s = len(runs_of_kind(runs, SEARCH)) if len(runs) else 0
+    n_r = len(runs_of_kind(runs, RETRAIN)) if len(runs) else 0
     board_cols = [c for c in f["leaderboard"].columns if c not in ("retrain_run_ids", "search_run_id")]
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
@@ -657,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         help="tracking server or store (default: the one recorded in the study folder, else run.py's "
         "default, sqlite ./mlflow.db)",
     )
-    p.add_argument("--out", help="study folder with optuna.db (default ./bnas_runs/<study>)")
+    p.add_argument("--out", help=f"study folder with {OPTUNA_DB} (default ./{DEFAULT_OUT_ROOT}/<study>)")
     p.add_argument("--report-dir", help="where to write the report (default <study folder>/report)")
     p.add_argument("--no-log", action="store_true", help="do not log the report to the parent MLflow run")
     args = p.parse_args(argv)

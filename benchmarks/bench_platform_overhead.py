@@ -37,7 +37,10 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--study", default="bnas_smoke")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--data-root", required=True)
+    p.add_argument(
+        "--data-root",
+        help="dataset folder (else $BNAS_DATA_ROOT, else the study's data.root, else ./data)",
+    )
     p.add_argument("--work", help="folder for all runs (default: a new temporary folder)")
     p.add_argument("--rounds", type=int, default=1, help="platform/direct pairs, alternating (default 1)")
     args = p.parse_args()
@@ -47,9 +50,13 @@ def main() -> int:
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     sys.path.insert(0, str(REPO))
+    from bnas.data import resolve_data_root
     from bnas.platform.study import load_study
 
     spec = load_study(args.study, args.overrides)
+    # The one precedence of every entry point, resolved here (run.py runs in the study folder, where a
+    # relative path would point elsewhere): --data-root, else $BNAS_DATA_ROOT, else the study's data.root.
+    data_root = resolve_data_root(args.data_root, (spec.fixed.get("data") or {}).get("root"), os.environ)
     threads = max(1, int(spec.resources.cpu))
 
     def platform(round_: int) -> tuple[float, list]:
@@ -68,8 +75,6 @@ def main() -> int:
             str(folder / "study"),
             "--mlflow-uri",
             uri,
-            "--data-root",
-            str(Path(args.data_root).resolve()),
             "--no-dashboard",
             "--quiet",
             "--set",
@@ -77,6 +82,7 @@ def main() -> int:
         ]
         for item in args.overrides:
             cmd += ["--set", item]
+        cmd += ["--data-root", str(data_root)]
         t0 = time.perf_counter()
         res = subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - t0

@@ -23,6 +23,7 @@ import argparse
 import concurrent.futures as cf
 import json
 import multiprocessing as mp
+import os
 import statistics
 import sys
 import time
@@ -34,8 +35,11 @@ if str(REPO) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO))
 
 from bnas.config import DataConfig, config_from_dict  # noqa: E402
-from bnas.data import write_cifar10_subset  # noqa: E402
+from bnas.data import ENV_ROOT, resolve_data_root, write_cifar10_subset  # noqa: E402
 from bnas.genotype import GENOTYPES, Genotype, random_genotype  # noqa: E402
+
+# The benchmark's own data.root: the rebuilt CIFAR-10 copy next to the repository.
+SHARED_DATA = REPO.parent / "shared" / "data"
 
 METHODS = ["xnor", "pcnn", "fp"]
 STRATEGIES = ["performance", "alpha", "none"]
@@ -388,11 +392,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
     p.add_argument("--miniature", action="store_true", help="shrink the profile to seconds (for tests)")
-    p.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
+    p.add_argument("--data-root", help=f"CIFAR-10 folder (else ${ENV_ROOT}, else {SHARED_DATA})")
     p.add_argument("--jobs", type=int, default=2, help="retrainings at once (0: all in this process)")
     p.add_argument("--out", default="results/evidence", help="results folder")
     args = p.parse_args(argv)
-    res = run_protocol(args.profile, Path(args.out), args.data_root, args.miniature, args.jobs)
+    # The one precedence of every entry point: --data-root, else $BNAS_DATA_ROOT, else the configured root.
+    data_root = resolve_data_root(args.data_root, str(SHARED_DATA), os.environ)
+    res = run_protocol(args.profile, Path(args.out), str(data_root), args.miniature, args.jobs)
     print(markdown(res))
     print(f"results in {Path(args.out).absolute()}")
     return 0

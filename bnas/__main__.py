@@ -1,12 +1,16 @@
 """Command line of the core: ``python -m bnas {retrain,summary,settings,search} ...``.
 
+* ``search``   -- run (or resume) a BNAS search (:func:`bnas.search.run_search`); progress lines go to
+  stdout, then the genotype, its digest, ``derived_val_acc`` and ``search_time_s`` as one JSON line.
 * ``retrain``  -- train a genotype's evaluation network (:func:`bnas.retrain.retrain`); progress goes to
   stderr, the final metrics to stdout as one JSON object.
 * ``summary``  -- size figures of a genotype's inference network as one JSON object (no data needed).
 * ``settings`` -- every setting with its default and source mark (the provenance table).
-* ``search``   -- delegates to :func:`bnas.search.main`.
 
-Configuration problems (bad settings, unknown names, bad genotypes, a missing dataset) print one
+The dataset folder is taken from ``--data-root``, else ``$BNAS_DATA_ROOT``, else ``data.root`` of the
+configuration, else ``./data`` (:func:`bnas.data.resolve_data_root`; the environment is read here, at
+the entry point, and nowhere in the library). Configuration problems (bad settings, unknown names, bad
+genotypes, a missing dataset, an output folder holding another run's checkpoint) print one
 ``error: ...`` paragraph to stderr and exit with status 2.
 """
 
@@ -14,11 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from bnas.binarization import BINARIZATIONS, BinarySpec
-from bnas.config import ConfigError, describe_settings, load_config, parse_overrides
+from bnas.config import ConfigError, ExperimentConfig, describe_settings, load_config, parse_overrides
 from bnas.genotype import GenotypeError, load_genotype
 from bnas.registry import UnknownNameError
 
@@ -34,6 +41,8 @@ def _is_user_error(e: BaseException) -> bool:
     return data is not None and isinstance(e, data.DatasetNotFoundError)
 
 
+DATA_ROOT_HELP = "dataset folder (else $BNAS_DATA_ROOT, else data.root of the configuration, else ./data)"
+
 # retrain flag -> dotted setting; flags win over --config and --set.
 _RETRAIN_FLAGS = {
     "binarization": "binarization.method",
@@ -47,7 +56,6 @@ _RETRAIN_FLAGS = {
     "train_subset": "data.train_subset",
     "test_subset": "data.test_subset",
     "image_size": "data.image_size",
-    "data_root": "data.root",
     "device": "device",
     "seed": "seed",
 }
@@ -86,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--train-subset", type=int, help="use only this many training images")
     r.add_argument("--test-subset", type=int, help="use only this many test images")
     r.add_argument("--image-size", type=int, help="input side in pixels (CPU runs: 16)")
-    r.add_argument("--data-root", help="dataset folder (else $BNAS_DATA_ROOT, else ./data)")
+    r.add_argument("--data-root", help=DATA_ROOT_HELP)
     r.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     r.add_argument("--seed", type=int)
     r.add_argument("--out", required=True, help="output folder (checkpoint, metrics, packed model)")
@@ -107,11 +115,56 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--in-channels", type=int, default=3)
 
     sub.add_parser("settings", help="every setting with its default and source mark")
-    sub.add_parser("search", help="run a BNAS search (see python -m bnas search --help)", add_help=False)
+
+    q = sub.add_parser(
+        "search",
+        help="run (or resume) a BNAS search",
+        description="Run a BNAS search: PC-DARTS super-network training with operation space reduction; "
+        "resumes from --out's checkpoint when it holds one of the same run.",
+    )
+    q.add_argument("--config", help="YAML experiment file (see configs/); defaults apply when omitted")
+    q.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one setting, e.g. --set search.sampling_k=4 (repeatable)",
+    )
+    q.add_argument("--data-root", help=DATA_ROOT_HELP)
+    q.add_argument("--device", help="auto, cpu, cuda or cuda:N (sets device)")
+    q.add_argument(
+        "--out", required=True, help="output folder (checkpoint, genotype.json, history.json, ...)"
+    )
+    q.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")
+    q.add_argument("--quiet", action="store_true", help="print only the final JSON line")
     return p
 
 
-def _retrain(args: argparse.Namespace) -> int:
+def _config(
+    path: str | None, overrides: dict[str, Any], flag_root: str | None, environ: Mapping[str, str]
+) -> ExperimentConfig:
+    """The configuration with ``data.root`` resolved by the one precedence (see the module docstring)."""
+    from bnas.data import resolve_data_root
+
+    cfg = load_config(path, overrides)
+    root = resolve_data_root(flag_root, cfg.data.root, environ)
+    return load_config(path, {**overrides, "data.root": str(root)})
+
+
+def _search(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from bnas.search import run_search
+
+    overrides: dict[str, Any] = parse_overrides(args.set)
+    if args.device:
+        overrides["device"] = args.device
+    cfg = _config(args.config, overrides, args.data_root, environ)
+    res = run_search(cfg, Path(args.out), resume=not args.no_resume, log=None if args.quiet else print)
+    summary = {"genotype": res.genotype.to_dict(), "digest": res.genotype.digest}
+    print(json.dumps({**summary, **{k: res.final[k] for k in ("derived_val_acc", "search_time_s")}}))
+    return 0
+
+
+def _retrain(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from bnas.retrain import retrain
 
     overrides: dict[str, Any] = parse_overrides(args.set)
@@ -119,7 +172,7 @@ def _retrain(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value is not None:
             overrides[key] = value
-    cfg = load_config(args.config, overrides)
+    cfg = _config(args.config, overrides, args.data_root, environ)
     genotype = load_genotype(args.genotype)
 
     def log(msg: str) -> None:
@@ -130,7 +183,7 @@ def _retrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _summary(args: argparse.Namespace) -> int:
+def _summary(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from bnas.eval_network import EvalNetwork
     from bnas.model_size import size_report
 
@@ -167,7 +220,7 @@ def _summary(args: argparse.Namespace) -> int:
     return 0
 
 
-def _settings(args: argparse.Namespace) -> int:
+def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     rows = [(key, mark, json.dumps(default), doc) for key, default, mark, doc in describe_settings()]
     key_w = max(len(r[0]) for r in rows)
     default_w = 12  # longer defaults (the op list) push their doc further right
@@ -180,16 +233,17 @@ def _settings(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Run one command; ``environ`` is the environment the entry point passes (``$BNAS_DATA_ROOT``).
+
+    Returns the exit status: 0 done, 2 a problem the user can fix (one ``error: ...`` paragraph on
+    stderr), 130 interrupted.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        if argv and argv[0] == "search":
-            from bnas.search import main as search_main
-
-            return search_main(argv[1:])
         args = _parser().parse_args(argv)
-        handler = {"retrain": _retrain, "summary": _summary, "settings": _settings}[args.command]
-        return handler(args)
+        handler = {"retrain": _retrain, "summary": _summary, "settings": _settings, "search": _search}
+        return handler[args.command](args, environ or {})
     except Exception as e:
         if not _is_user_error(e):
             raise
@@ -201,4 +255,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(environ=os.environ))

@@ -61,12 +61,17 @@ class EvalCell(nn.Module):
 
 
 class AuxiliaryHead(nn.Module):
-    """DARTS auxiliary classifier (full precision) for 8x8 feature maps; adaptive below that."""
+    """DARTS auxiliary classifier (full precision) for 8x8 feature maps; adaptive below that.
+
+    DARTS ``AuxiliaryHeadCIFAR`` [C] (also PC-DARTS and the released BNAS code): ReLU -> AvgPool2d(5,
+    stride 3, padding 0, count_include_pad=False) (8x8 -> 2x2) -> Conv 1x1 to 128 -> BN -> ReLU ->
+    Conv 2x2 to 768 -> BN -> ReLU -> linear classifier. The ReLU comes before the pooling.
+    """
 
     def __init__(self, C: int, num_classes: int) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            # Not in place: on 2x2 maps no pooling precedes it, and s1 is still used by the network.
+            # Not in place: the head reads the cell output s1, which the network still uses.
             nn.ReLU(inplace=False),
             nn.Conv2d(C, 128, 1, bias=False),
             nn.BatchNorm2d(128),
@@ -78,13 +83,15 @@ class AuxiliaryHead(nn.Module):
         self.classifier = nn.Linear(768, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features[0](x)  # ReLU first, as in DARTS
         # DARTS pools 8x8 maps with a 5x5 window at stride 3 to 2x2; smaller CPU-sized inputs pool
-        # adaptively to the same 2x2.
+        # adaptively to the same 2x2. (The pooling sits outside ``features`` so that the layer
+        # indices, and with them the state-dict keys of trained models, stay as they were.)
         if x.shape[-1] >= 5:
             x = nn.functional.avg_pool2d(x, 5, stride=3, padding=0, count_include_pad=False)
         if x.shape[-1] != 2:
             x = nn.functional.adaptive_avg_pool2d(x, 2)
-        x = self.features(x)
+        x = self.features[1:](x)
         return self.classifier(x.flatten(1))
 
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bnas.config import ALL_OPS
 from bnas.registry import Registry
+from bnas.search_space import OPS as ALL_OPS  # the search space owns the list of operations
 
 
 class GenotypeError(ValueError):
@@ -254,3 +254,76 @@ def random_genotype(seed: int, ops: list[str] | None = None, steps: int = 4) -> 
 
     concat = tuple(range(2, 2 + steps))
     return Genotype(tuple(cell()), concat, tuple(cell()), concat)
+
+
+# --------------------------------------------------------------------------------------------
+# Derivation from a (reduced) super-network. Its imports live here, and the runtime ones inside the
+# function, so that reading and checking genotypes never loads torch (bnas.supernet does).
+# --------------------------------------------------------------------------------------------
+
+from typing import TYPE_CHECKING  # noqa: E402
+
+if TYPE_CHECKING:
+    from bnas.supernet import Selection, SuperNetwork
+
+
+def derive_genotype(
+    net: SuperNetwork,
+    history: list[dict] | None = None,
+) -> tuple[Genotype, Selection, list[dict]]:
+    """The discrete cells of a (reduced) super-network (method.md section 7, following PC-DARTS).
+
+    Every edge keeps its most likely remaining operation other than ``none`` (by softmax(alpha) over
+    the remaining ops). Each intermediate node keeps the 2 incoming edges with the largest strength
+    softmax(beta)_edge * softmax(alpha)_kept-op. An edge whose only remaining op is ``none`` falls
+    back to the last non-``none`` op removed from it (from ``history``) with strength 0, so a node
+    still gets two inputs [D]. Returns the genotype, the matching :class:`~bnas.supernet.Selection`
+    (for scoring with the shared weights) and the fallbacks used.
+    """
+    import torch
+
+    from bnas.search_space import CELL_TYPES, edge_endpoints
+    from bnas.supernet import Selection
+
+    history = history or []
+    fallbacks: list[dict] = []
+    cells: dict[str, list[tuple[str, int]]] = {}
+    choice: dict[str, list[str | None]] = {}
+    with torch.no_grad():
+        for t in CELL_TYPES:
+            probs = net.op_probabilities(t)
+            edge_w = net.edge_weights(t)
+            ends = edge_endpoints(net.steps)
+            best: list[tuple[str, float]] = []
+            for e, names in enumerate(net.edge_ops[t]):
+                cands = [(float(p), o) for o, p in zip(names, probs[e].tolist(), strict=True) if o != "none"]
+                if cands:
+                    p, op = max(cands, key=lambda c: c[0])
+                    best.append((op, float(edge_w[e]) * p))
+                else:
+                    removed = [
+                        h["op"]
+                        for h in history
+                        if h["cell_type"] == t and h["edge"] == e and h["op"] != "none"
+                    ]
+                    op = removed[-1] if removed else "skip_connect"
+                    fallbacks.append({"cell_type": t, "edge": e, "op": op})
+                    best.append((op, 0.0))
+            # What the shared-weight evaluation runs: a fallback op no longer exists in the
+            # super-network, so its edge runs what is left there (``none``: it contributes zeros).
+            runnable = [
+                op if op in net.edge_ops[t][e] else net.edge_ops[t][e][0] for e, (op, _) in enumerate(best)
+            ]
+            edges: list[tuple[str, int]] = []
+            sel: list[str | None] = [None] * len(best)
+            for node in range(2, 2 + net.steps):
+                idx = [e for e, (_, dst) in enumerate(ends) if dst == node]
+                top = sorted(idx, key=lambda e: (-best[e][1], e))[:2]
+                for e in sorted(top, key=lambda e: ends[e][0]):
+                    edges.append((best[e][0], ends[e][0]))
+                    sel[e] = runnable[e]
+            cells[t] = edges
+            choice[t] = sel
+    concat = tuple(range(2, 2 + net.steps))
+    genotype = Genotype(tuple(cells["normal"]), concat, tuple(cells["reduce"]), concat)
+    return genotype, Selection(choice["normal"], choice["reduce"]), fallbacks

@@ -28,11 +28,14 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bnas.config import ReductionConfig
 from bnas.registry import Registry
-from bnas.supernet import CELL_TYPES, Selection
+from bnas.search_space import CELL_TYPES
+from bnas.supernet import Selection
+
+if TYPE_CHECKING:  # annotations only: bnas.config imports this module (REDUCTIONS), not the reverse
+    from bnas.config import ReductionConfig
 
 EdgeKey = tuple[str, int]  # (cell type, edge index)
 

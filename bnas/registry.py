@@ -54,6 +54,16 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return list(self._items)
 
+    def check(self, name: object) -> str | None:
+        """None when ``name`` is registered, else the problem text listing the valid names.
+
+        The configuration layer uses it as the ``choices`` of a setting, so every registry validates
+        its own names (:func:`bnas.settings.setting`).
+        """
+        if isinstance(name, str) and name in self._items:
+            return None
+        return f"unknown name {name!r}; valid: {', '.join(self._items)}"
+
     def __contains__(self, name: object) -> bool:
         return name in self._items
 

@@ -14,19 +14,22 @@ One function, :func:`retrain`, trains an :class:`~bnas.eval_network.EvalNetwork`
 Reported losses are the main head's cross-entropy only (no auxiliary or projection term), accuracies
 are fractions in [0, 1].
 
-Files in ``out_dir``: ``config.json`` (the resolved configuration), ``genotype.json``,
-``checkpoint.pt`` (after every epoch, written atomically: model, optimizer, scheduler, epoch, random
-states, metrics so far), ``metrics.jsonl`` (one line per epoch), and at the end ``final.json`` and
-``model.bnas`` (the packed export, :mod:`bnas.export`).
+The run is a loop of epochs over the run skeleton of :mod:`bnas.training`. Files in ``out_dir``:
+``config.json`` (the resolved configuration), ``genotype.json``, ``checkpoint.pt`` (after every epoch,
+written atomically: model, optimizer, scheduler, epoch, random states, metrics so far; it belongs to
+the run with the same result-changing settings and genotype), ``metrics.jsonl`` (one line per epoch,
+rewritten from the checkpoint's metrics), and at the end ``final.json`` and ``model.bnas`` (the packed
+export, :mod:`bnas.export`).
 
-Reproducibility: the data order and augmentation of epoch ``e`` are reseeded from ``(seed, e)`` and
-the global random state (drop path) is saved in the checkpoint, so on one machine a run resumed
-from a checkpoint ends with the same weights as an uninterrupted one.
+Reproducibility: the data order and augmentation of epoch ``e`` are reseeded from ``(seed, e)``
+(:func:`~bnas.training.derive_seed`) and the run's random state (drop path) is saved in the
+checkpoint, so on one machine a run resumed from a checkpoint ends with the same weights as an
+uninterrupted one. The run draws from the global random generators inside
+:func:`~bnas.training.isolated_rng`: the caller's random state is unchanged afterwards.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,8 +39,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bnas.accel import FastPath
 from bnas.binarization import BinarySpec, projection_loss
-from bnas.config import ConfigError, ExperimentConfig
+from bnas.config import ExperimentConfig
 from bnas.data import DatasetInfo, reseed_loader, retrain_loaders
 from bnas.eval_network import EvalNetwork
 from bnas.export import export_packed
@@ -47,25 +51,18 @@ from bnas.runtime import (
     AverageMeter,
     Progress,
     accuracy,
-    atomic_save,
-    atomic_write_json,
-    atomic_write_text,
     format_duration,
     get_rng_state,
     resolve_device,
     seed_everything,
     set_rng_state,
 )
+from bnas.training import RunFolder, derive_seed, isolated_rng
 
-CHECKPOINT = "checkpoint.pt"
-METRICS = "metrics.jsonl"
-FINAL = "final.json"
 GENOTYPE = "genotype.json"
-CONFIG = "config.json"
 PACKED = "model.bnas"
-
-#: Settings that may differ between a run and its resumption (where and how, not what, is computed).
-_RESUME_FREE_KEYS = ("device", "data.root", "data.download", "data.num_workers")
+#: Seed streams of :func:`~bnas.training.derive_seed`: a retraining epoch's data order, its augmentation.
+_ORDER, _AUGMENT = 10, 11
 #: A batch progress line at most this often within an epoch (long CPU epochs).
 BATCH_LOG_INTERVAL_S = 60.0
 
@@ -87,19 +84,14 @@ def build_network(cfg: ExperimentConfig, genotype: Genotype, info: DatasetInfo) 
     )
 
 
-def _run_identity(cfg: ExperimentConfig, genotype: Genotype) -> dict[str, Any]:
-    flat = {k: v for k, v in cfg.flat().items() if k not in _RESUME_FREE_KEYS}
-    return {"config": flat, "genotype_digest": genotype.digest}
-
-
-def _epoch_seed(seed: int, epoch: int) -> int:
-    return (int(seed) * 1_000_003 + epoch * 7_919 + 424_242) % 2**63
+def _identity(cfg: ExperimentConfig, genotype: Genotype) -> dict[str, Any]:
+    """The checkpoint identity: the result-changing settings and the genotype."""
+    return {**cfg.result_identity(), "genotype_digest": genotype.digest}
 
 
 def _reseed_data(loader: torch.utils.data.DataLoader, seed: int, epoch: int) -> None:
     """Make epoch ``epoch``'s shuffle and augmentation a function of ``(seed, epoch)`` only."""
-    s = _epoch_seed(seed, epoch)
-    reseed_loader(loader, s, s ^ 0x5EED)
+    reseed_loader(loader, derive_seed(seed, _ORDER, epoch), derive_seed(seed, _AUGMENT, epoch))
 
 
 def train_epoch(
@@ -111,9 +103,14 @@ def train_epoch(
     max_batches: int | None = None,
     log: Log = None,
     label: str = "",
+    fast: FastPath | None = None,
 ) -> dict[str, float]:
-    """One pass over ``loader`` (at most ``max_batches`` batches); returns train_loss and train_acc."""
+    """One pass over ``loader`` (at most ``max_batches`` batches); returns train_loss and train_acc.
+
+    ``fast`` runs the forward passes (bf16, channels_last, compile: :mod:`bnas.accel`); None: plain.
+    """
     r, b = cfg.retrain, cfg.binarization
+    fast = fast or FastPath.off(device)
     use_projection = b.method == "pcnn" and b.pcnn_lambda > 0
     model.train()
     loss_m, acc_m = AverageMeter(), AverageMeter()
@@ -125,7 +122,7 @@ def train_epoch(
             break
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
-        logits, aux = model(x)
+        logits, aux = fast(model, x)
         loss = F.cross_entropy(logits, y)
         total = loss
         if aux is not None:
@@ -146,27 +143,19 @@ def train_epoch(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device) -> dict[str, float]:
+def evaluate(
+    model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device, fast: FastPath | None = None
+) -> dict[str, float]:
     """Mean cross-entropy and top-1 accuracy (fraction) of ``model`` in eval mode over ``loader``."""
+    fast = fast or FastPath.off(device)
     model.eval()
     loss_m, acc_m = AverageMeter(), AverageMeter()
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        logits, _ = model(x)
+        logits, _ = fast(model, x)
         loss_m.update(F.cross_entropy(logits, y).item(), y.size(0))
         acc_m.update(accuracy(logits, y)[0], y.size(0))
     return {"loss": loss_m.avg, "acc": acc_m.avg}
-
-
-def _load_checkpoint(path: Path, cfg: ExperimentConfig, genotype: Genotype) -> dict[str, Any]:
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if ckpt.get("identity") != _run_identity(cfg, genotype):
-        raise ConfigError(
-            "this folder holds a checkpoint of a different run (other settings or genotype); "
-            "retrain into a fresh output folder, or pass resume=False (--no-resume) to start over here",
-            source=str(path),
-        )
-    return ckpt
 
 
 def retrain(
@@ -183,22 +172,39 @@ def retrain(
     ``on_epoch(metrics)`` runs after each epoch's checkpoint is on disk, with ``epoch`` (1-based),
     ``epochs``, ``train_loss``, ``train_acc``, ``test_loss``, ``test_acc``, ``lr``, ``drop_path_prob``
     and ``elapsed_s`` (training time so far, resumed sessions included). With ``resume`` an existing
-    ``out_dir/checkpoint.pt`` of the same run is continued (a checkpoint of another run raises
-    :class:`~bnas.config.ConfigError`). ``log`` receives progress lines (None: silent).
+    ``out_dir/checkpoint.pt`` of the same run is continued (a checkpoint of another run, or one that is
+    not plain data, raises :class:`~bnas.errors.ConfigError` before any work); without it, or without a
+    checkpoint, earlier results in ``out_dir`` are removed. ``log`` receives progress lines (None: silent).
 
     Returns ``test_acc``, ``test_loss``, ``train_acc``, ``train_loss``, ``epochs``, ``wall_time_s``,
     ``genotype_digest``, ``config_digest``, ``method``, ``seed``, ``device`` and the keys of
     :func:`~bnas.model_size.size_report`; the same dict is written to ``out_dir/final.json``.
     """
     say = log or (lambda _msg: None)
-    r = cfg.retrain
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
+    folder = RunFolder(out_dir, _identity(cfg, genotype), (GENOTYPE, PACKED))
+    ckpt = folder.open(resume, cfg.to_dict())  # a checkpoint of another run is refused here, before any work
+    if ckpt is None:
+        genotype.save(folder.path / GENOTYPE)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    seed_everything(cfg.seed)
+    fast = FastPath.from_config(cfg.runtime, device)  # bf16, channels_last, ... (bnas.accel)
+    with isolated_rng(device), fast.session():
+        return _retrain(cfg, genotype, folder, ckpt, device, on_epoch, say, fast)
 
+
+def _retrain(
+    cfg: ExperimentConfig,
+    genotype: Genotype,
+    folder: RunFolder,
+    ckpt: dict[str, Any] | None,
+    device: torch.device,
+    on_epoch: Callable[[dict[str, Any]], None] | None,
+    say: Callable[[str], None],
+    fast: FastPath,
+) -> dict[str, Any]:
+    r, out = cfg.retrain, folder.path
+    seed_everything(cfg.seed)
     train_loader, test_loader, info = retrain_loaders(
         cfg.data,
         r.batch_size,
@@ -207,24 +213,20 @@ def retrain(
         cutout=r.cutout,
         autoaugment=r.autoaugment,
         device=device,
+        placement=fast.placement,
     )
-    model = build_network(cfg, genotype, info).to(device)
+    model = fast.prepare(build_network(cfg, genotype, info).to(device))
     optimizer = torch.optim.SGD(model.parameters(), lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=r.epochs, eta_min=r.lr_min)
 
     start_epoch, history, elapsed_before = 0, [], 0.0
-    ckpt_path = out / CHECKPOINT
-    if resume and ckpt_path.is_file():
-        ckpt = _load_checkpoint(ckpt_path, cfg, genotype)
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
-        set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"], device)
         start_epoch, history, elapsed_before = ckpt["epoch"], list(ckpt["metrics"]), ckpt["elapsed_s"]
-        say(f"resuming from {ckpt_path} after epoch {start_epoch}/{r.epochs}")
-    else:
-        atomic_write_json(cfg.to_dict(), out / CONFIG)
-        genotype.save(out / GENOTYPE)
+        say(f"resuming from {folder.checkpoint_path} after epoch {start_epoch}/{r.epochs}")
 
     n_train = len(train_loader.dataset)
     say(
@@ -247,8 +249,9 @@ def retrain(
             r.max_batches_per_epoch,
             say,
             label=f"epoch {epoch + 1}/{r.epochs}",
+            fast=fast,
         )
-        test = evaluate(model, test_loader, device)
+        test = evaluate(model, test_loader, device, fast)
         scheduler.step()
         metrics = {
             "epoch": epoch + 1,
@@ -261,20 +264,18 @@ def retrain(
             "elapsed_s": elapsed_before + time.perf_counter() - session_t0,
         }
         history.append(metrics)
-        atomic_save(
+        folder.end_epoch(
             {
-                "identity": _run_identity(cfg, genotype),
                 "epoch": epoch + 1,
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
-                "rng": get_rng_state(),
+                "rng": get_rng_state(device),
                 "metrics": history,
                 "elapsed_s": metrics["elapsed_s"],
             },
-            ckpt_path,
+            history,
         )
-        atomic_write_text("".join(json.dumps(m, sort_keys=True) + "\n" for m in history), out / METRICS)
         progress.update(epoch + 1)
         say(
             progress.line(
@@ -301,10 +302,11 @@ def retrain(
         "activations": cfg.binarization.activations,
         "seed": cfg.seed,
         "device": str(device),
+        "fast_path": fast.describe(train_loader),
         "dataset": info.name,
         **size,
     }
-    atomic_write_json(final, out / FINAL)
+    folder.write_final(final)
     say(
         f"done: test acc {final['test_acc']:.2%} after {r.epochs} epochs "
         f"in {format_duration(final['wall_time_s'])}; "

@@ -1,4 +1,4 @@
-"""Small helpers every entry point shares: device, seeding, progress/ETA, atomic writes, meters.
+"""Small helpers every entry point shares: device, seeding, progress/ETA, atomic writes, meters, memory.
 
 Nothing here reads argv or the environment; callers pass what they mean.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import resource
 import tempfile
 import time
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bnas.config import ConfigError
+from bnas.errors import ConfigError
 
 # --------------------------------------------------------------------------------------------
 # Device and seeds
@@ -59,8 +60,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def get_rng_state() -> dict[str, Any]:
-    """The global random states (Python, NumPy, torch CPU and CUDA), as checkpoint-friendly values."""
+def get_rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """The global random states (Python, NumPy, torch CPU, CUDA) as checkpoint-friendly values.
+
+    CUDA: with ``device`` None, every device's generator (when CUDA is present); with a ``device``,
+    that device's generator only when it is a CUDA device (a CPU run neither touches nor initialises
+    CUDA).
+    """
     np_state = np.random.get_state()
     state: dict[str, Any] = {
         "python": random.getstate(),
@@ -68,12 +74,15 @@ def get_rng_state() -> dict[str, Any]:
         "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is None:
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+    elif device.type == "cuda":
+        state["cuda_device"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
     """Restore what :func:`get_rng_state` returned (CUDA states only when CUDA is present)."""
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
@@ -82,6 +91,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda_device" in state and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda_device"], device)
 
 
 # --------------------------------------------------------------------------------------------
@@ -198,3 +209,18 @@ def accuracy(logits: torch.Tensor, target: torch.Tensor, topk: tuple[int, ...] =
     pred = logits.topk(maxk, dim=1).indices  # N x maxk
     hit = pred.eq(target.view(-1, 1))
     return [hit[:, : min(k, maxk)].any(dim=1).float().mean().item() for k in topk]
+
+
+def rss_mib(field: str = "VmHWM") -> float:
+    """This process's peak (``VmHWM``) or current (``VmRSS``) resident memory in MiB.
+
+    Read from /proc: ``getrusage``'s ``ru_maxrss`` survives ``exec`` on Linux, so a run started by a
+    bigger parent process would report the parent's peak. Falls back to ``ru_maxrss`` elsewhere.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

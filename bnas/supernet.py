@@ -26,24 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bnas.binarization import BinarySpec
+from bnas.binarization import BatchedBinarization, BinaryConv2d, BinarySpec
 from bnas.operations import FactorizedReduce, ReLUConvBN, make_op
-
-CELL_TYPES = ("normal", "reduce")
-
-
-def num_edges(steps: int) -> int:
-    """Edges of a cell with ``steps`` intermediate nodes: node i (0-based) has 2 + i inputs."""
-    return sum(2 + i for i in range(steps))
-
-
-def edge_endpoints(steps: int) -> list[tuple[int, int]]:
-    """(source node, target node) of every edge in order; nodes 0, 1 are the cell inputs."""
-    out = []
-    for i in range(steps):
-        for j in range(2 + i):
-            out.append((j, 2 + i))
-    return out
+from bnas.search_space import CELL_TYPES, edge_endpoints, num_edges  # noqa: F401  (re-exported)
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -230,6 +215,30 @@ class SuperNetwork(nn.Module):
             {t: nn.Parameter(1e-3 * torch.randn(n_e, len(ops))) for t in CELL_TYPES}
         )
         self.betas = nn.ParameterDict({t: nn.Parameter(1e-3 * torch.randn(n_e)) for t in CELL_TYPES})
+        self._forget_structure()
+
+    # ---------------------------------------------------------------- per set of operations
+    def _forget_structure(self) -> None:
+        """Drop what is collected once per set of operations (remove_op changes the set): a walk over
+        the ~3600 modules costs milliseconds and a training step needed several, and the per-edge
+        index tensors of op_probabilities were rebuilt on every forward pass."""
+        self._named_modules: list[tuple[str, nn.Module]] | None = None
+        self._binary_convs: list[BinaryConv2d] | None = None
+        self._batched: BatchedBinarization | None = None
+        # cell type -> (device, (edges, ops) index when all edges keep as many ops, else one per edge)
+        self._op_index: dict[str, tuple[torch.device, torch.Tensor | list[torch.Tensor]]] = {}
+
+    def _modules_by_name(self) -> list[tuple[str, nn.Module]]:
+        if self._named_modules is None:
+            self._named_modules = list(self.named_modules())
+        return self._named_modules
+
+    def binary_convs(self) -> list[BinaryConv2d]:
+        """Every :class:`BinaryConv2d`, in ``modules()`` order (collected once per set of operations;
+        :func:`bnas.binarization.projection_loss` and ``reset_projection_terms`` use it)."""
+        if self._binary_convs is None:
+            self._binary_convs = [m for _, m in self._modules_by_name() if isinstance(m, BinaryConv2d)]
+        return self._binary_convs
 
     # ---------------------------------------------------------------- parameters, by role
     def arch_parameters(self) -> list[nn.Parameter]:
@@ -237,10 +246,17 @@ class SuperNetwork(nn.Module):
         return [self.alphas[t] for t in CELL_TYPES] + [self.betas[t] for t in CELL_TYPES]
 
     def named_weight_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """``named_parameters()`` without alpha and beta, same names and order. The modules are walked
+        once per set of operations; each module's parameters are read now, so reassigned ones count."""
         arch = {id(p) for p in self.arch_parameters()}
-        for name, p in self.named_parameters():
-            if id(p) not in arch:
-                yield name, p
+        seen: set[int] = set()  # named_parameters() yields a shared parameter once
+        for prefix, m in self._modules_by_name():
+            for name, p in m._parameters.items():
+                if p is None or id(p) in seen:
+                    continue
+                seen.add(id(p))
+                if id(p) not in arch:
+                    yield (f"{prefix}.{name}" if prefix else name), p
 
     def weight_parameters(self) -> list[nn.Parameter]:
         """Every parameter that is not alpha or beta: the weight optimizer's parameters only."""
@@ -250,11 +266,20 @@ class SuperNetwork(nn.Module):
     def op_probabilities(self, cell_type: str) -> list[torch.Tensor]:
         """Per edge, softmax(alpha) over that edge's remaining ops, in :attr:`edge_ops` order."""
         alpha = self.alphas[cell_type]
-        out = []
-        for e, names in enumerate(self.edge_ops[cell_type]):
-            idx = torch.tensor([self.all_ops.index(n) for n in names], device=alpha.device)
-            out.append(F.softmax(alpha[e, idx], dim=-1))
-        return out
+        cached = self._op_index.get(cell_type)
+        if cached is None or cached[0] != alpha.device:
+            rows = [[self.all_ops.index(n) for n in names] for names in self.edge_ops[cell_type]]
+            if len({len(r) for r in rows}) == 1:  # the usual case: one gather, one softmax per type
+                index: torch.Tensor | list[torch.Tensor] = torch.tensor(rows, device=alpha.device)
+            else:
+                index = [torch.tensor(r, device=alpha.device) for r in rows]
+            cached = self._op_index[cell_type] = (alpha.device, index)
+        index = cached[1]
+        if isinstance(index, torch.Tensor):
+            # Row e of the gathered (edges, ops) matrix is alpha[e, index[e]]; softmax works row by row,
+            # so each row has the bits of the per-edge softmax.
+            return list(F.softmax(alpha.gather(1, index), dim=-1).unbind(0))
+        return [F.softmax(alpha[e, idx], dim=-1) for e, idx in enumerate(index)]
 
     def edge_weights(self, cell_type: str) -> torch.Tensor:
         """softmax(beta) over the edges entering each node, concatenated in edge order."""
@@ -275,6 +300,7 @@ class SuperNetwork(nn.Module):
         if len(names) == 1:
             raise ValueError(f"cannot remove the last operation of {cell_type} edge {edge}")
         names.remove(name)
+        self._forget_structure()
         for cell in self.cells:
             if cell.cell_type == cell_type:
                 cell.edges[edge].remove(name)
@@ -285,6 +311,14 @@ class SuperNetwork(nn.Module):
 
     # ---------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor, selection: Selection | None = None) -> torch.Tensor:
+        if self._batched is None:
+            self._batched = BatchedBinarization(self)
+        # Every binary conv's weight binarized in a few batched ops; a sub-network pass runs only the
+        # selected ops, so PCNN (whose batched loss terms cover every conv) keeps its per-conv path there.
+        with self._batched.bound(every_conv_runs=selection is None):
+            return self._forward(x, selection)
+
+    def _forward(self, x: torch.Tensor, selection: Selection | None) -> torch.Tensor:
         weights = {}
         for t in CELL_TYPES:
             op_w = self.op_probabilities(t) if selection is None else None

@@ -12,8 +12,9 @@ The one implementation used by the platform's per-trial artifacts (``cells/norma
   method.md section 6).
 
 Every function returns the :class:`~matplotlib.figure.Figure` it drew on; pass ``ax`` to draw into
-an existing axes. Nothing here selects a backend globally: :func:`save_cell_pictures` renders
-through an Agg canvas, so it is safe in headless workers.
+an existing axes. Nothing here selects a backend or uses pyplot's global state: figures are plain
+:class:`~matplotlib.figure.Figure` objects on an Agg canvas, so drawing and saving work headless and
+in long-running workers. The cell topology and node names come from :mod:`bnas.search_space`.
 """
 
 from __future__ import annotations
@@ -23,18 +24,30 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import matplotlib.colors
+import matplotlib.transforms
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Circle, FancyArrowPatch, Patch, Rectangle
 
-matplotlib.use("Agg", force=False)  # headless by default; a no-op when a backend is already set
+from bnas.genotype import Genotype
+from bnas.search_space import CELL_TYPES, edge_endpoints, edge_label, node_name, steps_for_edges
 
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.patches import FancyArrowPatch, Patch  # noqa: E402
+__all__ = [
+    "CELL_NAMES",
+    "draw_cell",
+    "edge_endpoints",
+    "edge_label",
+    "node_label",
+    "node_name",
+    "op_color",
+    "plot_reduction_history",
+    "save_cell_pictures",
+    "save_figure",
+]
 
-from bnas.genotype import Genotype  # noqa: E402
-
-CELL_NAMES = ("normal", "reduce")
+CELL_NAMES = CELL_TYPES
 CELL_TITLES = {"normal": "Normal cell", "reduce": "Reduction cell"}
 
 # One hue per operation family (pooling blue, skip grey, separable conv orange, dilated conv
@@ -83,24 +96,11 @@ def node_label(node: int) -> str:
     return str(node - 2)
 
 
-def node_name(node: int) -> str:
-    """Plain-text name of genotype node ``node`` (for tables and row labels): c_{k-2}, c_{k-1}, 0, 1, ..."""
-    return {0: "c_{k-2}", 1: "c_{k-1}"}.get(node, str(node - 2))
-
-
-def edge_endpoints(steps: int) -> list[tuple[int, int]]:
-    """(source, target) genotype nodes of every super-network edge, in edge-index order.
-
-    The same order as :func:`bnas.supernet.edge_endpoints` (kept here so that plotting does not
-    import torch; ``tests/test_visualize.py`` checks they agree).
-    """
-    return [(j, 2 + i) for i in range(steps) for j in range(2 + i)]
-
-
-def edge_label(edge: int, steps: int = 4) -> str:
-    """Row label of super-network edge ``edge``, e.g. ``c_{k-2}->0``."""
-    src, dst = edge_endpoints(steps)[edge]
-    return f"{node_name(src)}->{node_name(dst)}"
+def _new_figure(figsize: tuple[float, float]) -> tuple[Figure, Axes]:
+    """A figure with one axes on its own Agg canvas (no pyplot, no global backend)."""
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
 
 
 # --------------------------------------------------------------------------------------------
@@ -174,7 +174,7 @@ def draw_cell(
     steps = len(edges) // 2
     own_fig = ax is None
     if own_fig:
-        fig, ax = plt.subplots(figsize=(1.6 + 1.75 * (steps + 1), 5.0))
+        fig, ax = _new_figure((1.6 + 1.75 * (steps + 1), 5.0))
     else:
         fig = ax.figure
     pos = _layout(steps)
@@ -198,7 +198,7 @@ def draw_cell(
             label, face = r"$c_{k}$", styles["out"]
         else:
             label, face = node_label(key), styles["in" if key < 2 else "mid"]
-        circ = plt.Circle((x, y), _NODE_R, facecolor=face, edgecolor="#333333", lw=1.2, zorder=3)
+        circ = Circle((x, y), _NODE_R, facecolor=face, edgecolor="#333333", lw=1.2, zorder=3)
         ax.add_patch(circ)
         node_texts.append(ax.text(x, y, label, ha="center", va="center", fontsize=11, zorder=4))
 
@@ -250,7 +250,9 @@ def draw_cell(
 
     # Labels: try positions along each curve; keep the one that overlaps no label or node placed
     # so far and covers the fewest points of other edges (ties: the earliest, most central try).
-    renderer = fig.canvas.get_renderer()
+    # Agg canvases (ours, and pyplot's usual ones) hand out their renderer; with another canvas
+    # get_window_extent(None) finds the figure's renderer itself.
+    renderer = fig.canvas.get_renderer() if hasattr(fig.canvas, "get_renderer") else None
     obstacles = [t.get_window_extent(renderer) for t in node_texts]
     for x, y in pos.values():
         (x0, y0), (x1, y1) = to_px((x - _NODE_R, y - _NODE_R)), to_px((x + _NODE_R, y + _NODE_R))
@@ -320,27 +322,26 @@ def save_cell_pictures(genotype: Genotype, out_dir: str | Path, dpi: int = 150) 
 
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = 150) -> Path:
-    """Save ``fig`` as a PNG (tight bounding box, white background) and close it."""
+    """Save ``fig`` as a PNG (tight bounding box, white background) and close it.
+
+    Figures drawn here belong to no one else; a figure made with pyplot (``plt.subplots``) is also
+    closed in pyplot, so that long-running callers do not accumulate them.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fig.savefig(path, dpi=dpi, bbox_inches="tight", facecolor="white")
     finally:
-        plt.close(fig)
+        if getattr(fig.canvas, "manager", None) is not None:
+            import matplotlib.pyplot as plt  # only pyplot's own figures have a manager
+
+            plt.close(fig)
     return path
 
 
 # --------------------------------------------------------------------------------------------
 # Reduction history
 # --------------------------------------------------------------------------------------------
-
-
-def _steps_for_edges(n_edges: int) -> int:
-    """Smallest number of intermediate nodes whose cell has at least ``n_edges`` edges."""
-    steps = 1
-    while steps * (steps + 3) // 2 < n_edges:
-        steps += 1
-    return steps
 
 
 def plot_reduction_history(
@@ -359,7 +360,7 @@ def plot_reduction_history(
     _check_cell(cell)
     recs = [r for r in history if r.get("cell_type") == cell]
     max_edge = max((int(r["edge"]) for r in recs), default=-1)
-    steps = steps if steps is not None else max(4, _steps_for_edges(max_edge + 1))
+    steps = steps if steps is not None else max(4, steps_for_edges(max_edge + 1))
     ends = edge_endpoints(steps)
     n_edges = len(ends)
     if max_edge >= n_edges:
@@ -367,7 +368,7 @@ def plot_reduction_history(
     stages = sorted({int(r["stage"]) for r in recs})
     own_fig = ax is None
     if own_fig:
-        fig, ax = plt.subplots(figsize=(max(4.0, 1.15 * (len(stages) + 1) + 2.6), 0.36 * n_edges + 1.6))
+        fig, ax = _new_figure((max(4.0, 1.15 * (len(stages) + 1) + 2.6), 0.36 * n_edges + 1.6))
     else:
         fig = ax.figure
     ax.set_title(f"{CELL_TITLES[cell]}: operation removed per edge and stage (score)", fontsize=11)
@@ -396,7 +397,7 @@ def plot_reduction_history(
         e, s, op = int(r["edge"]), col[int(r["stage"])], r["op"]
         score = (r.get("scores") or {}).get(op)
         color = op_color(op)
-        ax.add_patch(plt.Rectangle((s - 0.48, e - 0.46), 0.96, 0.92, facecolor=color, edgecolor="white"))
+        ax.add_patch(Rectangle((s - 0.48, e - 0.46), 0.96, 0.92, facecolor=color, edgecolor="white"))
         rgb = matplotlib.colors.to_rgb(color)
         light = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2] > 0.6
         txt = OP_SHORT.get(op, op) + ("" if score is None else f" {score:.3g}")
@@ -417,7 +418,7 @@ def plot_reduction_history(
             txt = OP_SHORT.get(left[0], left[0]) if len(left) == 1 else f"{len(left)} ops"
             face = op_color(left[0]) if len(left) == 1 else "white"
             ax.add_patch(
-                plt.Rectangle((kc - 0.48, e - 0.46), 0.96, 0.92, facecolor=face, edgecolor="#333333", lw=1.2)
+                Rectangle((kc - 0.48, e - 0.46), 0.96, 0.92, facecolor=face, edgecolor="#333333", lw=1.2)
             )
             rgb = matplotlib.colors.to_rgb(face)
             light = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2] > 0.6

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bnas.data import make_fake_cifar
+from bnas.testing import make_fake_cifar
 
 # The rebuilt CIFAR-10 copy lives next to the repository, never inside it (see ../shared/data/README.md).
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -6,10 +6,14 @@ import pytest
 import torch
 
 from bnas.binarization import (
+    BATCH_MAX_NUMEL,
     BINARIZATIONS,
+    BatchedBinarization,
     BinaryConv2d,
     BinarySpec,
+    binary_convs,
     projection_loss,
+    reset_projection_terms,
     sign_pm1,
     sign_ste,
 )
@@ -140,7 +144,7 @@ def test_projection_loss_eta_uses_the_last_gradient() -> None:
     conv(x).sum().backward()  # stores dL/dW_hat
     assert conv.last_grad.abs().sum() > 0
     out = conv(x)
-    w_hat, proj = conv._proj_terms
+    w_hat, proj, _ = conv._proj_terms
     expected = 0.5 * 1.0 * (w_hat - proj - 0.5 * conv.last_grad).pow(2).sum()
     assert torch.allclose(projection_loss(conv, 1.0, 0.5), expected)
     del out
@@ -177,9 +181,164 @@ def test_fp_ignores_binary_activations() -> None:
 
 
 def test_spec_from_config() -> None:
-    from bnas.config import BinarizationConfig
+    from bnas.config import BinarizationConfig, ConfigError
 
     spec = BinarySpec.from_config(BinarizationConfig(method="pcnn", activations="binary", pcnn_lambda=0.1))
     assert (spec.method, spec.binary_activations, spec.pcnn_lambda) == ("pcnn", True, 0.1)
-    with pytest.raises(UnknownNameError):
+    with pytest.raises(ConfigError, match="unknown name 'nope'"):  # the section refuses it when built
         BinarySpec.from_config(BinarizationConfig(method="nope"))
+
+
+# ---------------------------------------------------------------- reference formulas, batched path
+def _reference(method: str, w: torch.Tensor, p: torch.Tensor | None, g: torch.Tensor):
+    """Plain formulas of method.md section 4: (W_b, dL/dW, dL/dP) for the upstream gradient g."""
+    sign = lambda t: torch.where(t >= 0, 1.0, -1.0)  # noqa: E731  sign(0) = +1
+    if method == "fp":
+        return w, g, None
+    if method in ("xnor", "xnor_channel"):
+        dims = (0, 1, 2, 3) if method == "xnor" else (1, 2, 3)
+        n = w[0].numel() if method == "xnor_channel" else w.numel()
+        a = w.abs().mean(dim=dims, keepdim=True)
+        return a * sign(w), g / n + a * g * (w.abs() <= 1).float(), None
+    # PCNN: W_hat = a sign(P o W), a = mean|W|; clipped STE 1{|P o W| <= 1} through sign.
+    proj = p * w
+    a = w.abs().mean()
+    ste = g * a * (proj.abs() <= 1).float()
+    d_a = (g * sign(proj)).sum()
+    d_w = d_a * torch.sign(w) / w.numel() + ste * p
+    d_p = (ste * w).sum(dim=1, keepdim=True)
+    return a * sign(proj), d_w, d_p
+
+
+def _convs(method: str, n: int, activations: str = "real", c_out: int = 6) -> list[BinaryConv2d]:
+    torch.manual_seed(1)
+    convs = [BinaryConv2d(4, c_out, 3, padding=1, spec=BinarySpec(method, activations)) for _ in range(n)]
+    with torch.no_grad():
+        for c in convs:
+            c.weight.mul_(6.0)  # some |W| > 1, so the clipping matters
+            c.weight[0, 0, 0, 0] = 0.0  # sign(0) = +1
+            if hasattr(c, "projection"):
+                c.projection.uniform_(-1.5, 1.5)
+    return convs
+
+
+def _run(convs: list[BinaryConv2d], x: torch.Tensor, g: torch.Tensor, batched: bool) -> list[torch.Tensor]:
+    """Forward every conv, backward sum(y * g); returns outputs, weight/projection grads, input grad."""
+    x = x.clone().requires_grad_()
+    for c in convs:
+        c.zero_grad(set_to_none=True)
+    if batched:
+        with BatchedBinarization(torch.nn.ModuleList(convs)).bound(every_conv_runs=True):
+            ys = [c(x) for c in convs]
+    else:
+        ys = [c(x) for c in convs]
+    sum((y * g).sum() for y in ys).backward()
+    out = [y.detach() for y in ys] + [c.weight.grad for c in convs] + [x.grad]
+    return out + [c.projection.grad for c in convs if hasattr(c, "projection")]
+
+
+@pytest.mark.parametrize("activations", ["real", "binary"])
+@pytest.mark.parametrize("method", METHODS)
+def test_batched_binarization_is_the_per_conv_path_bit_for_bit(method: str, activations: str) -> None:
+    convs = _convs(method, 3, activations)
+    x, g = torch.randn(2, 4, 5, 5) * 2, torch.randn(2, 6, 5, 5)
+    per_conv = _run(convs, x, g, batched=False)
+    batched = _run(convs, x, g, batched=True)
+    assert len(per_conv) == len(batched)
+    for a, b in zip(per_conv, batched, strict=True):
+        assert torch.equal(a, b)
+    assert all(c._batched_weight is None for c in convs)  # nothing left bound after the block
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["per_conv", "batched"])
+@pytest.mark.parametrize("method", METHODS)
+def test_weights_and_gradients_follow_the_reference_formulas(method: str, batched: bool) -> None:
+    convs = _convs(method, 2)
+    g = [torch.randn_like(c.weight) for c in convs]
+    if batched and BINARIZATIONS.get(method).batchable:
+        wb = convs[0].method.weight_batch(convs)
+    else:
+        wb = [c.binarized_weight() for c in convs]
+    sum((w * gi).sum() for w, gi in zip(wb, g, strict=True)).backward()
+    for c, w, gi in zip(convs, wb, g, strict=True):
+        p = c.projection.detach() if hasattr(c, "projection") else None
+        ref_w, ref_dw, ref_dp = _reference(method, c.weight.detach(), p, gi)
+        assert torch.allclose(w, ref_w, rtol=1e-6, atol=0)
+        assert torch.allclose(c.weight.grad, ref_dw, rtol=1e-6, atol=1e-7)
+        if ref_dp is not None:
+            assert torch.allclose(c.projection.grad, ref_dp, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("method", ["xnor", "xnor_channel"])
+def test_batched_xnor_gives_no_gradient_to_convs_that_did_not_run(method: str) -> None:
+    convs = _convs(method, 3)
+    with BatchedBinarization(torch.nn.ModuleList(convs)).bound():
+        convs[1](torch.randn(1, 4, 5, 5)).sum().backward()
+    assert convs[0].weight.grad is None and convs[2].weight.grad is None
+    assert convs[1].weight.grad is not None
+
+
+def test_batched_pcnn_needs_every_conv_to_run() -> None:
+    convs = _convs("pcnn", 3)
+    batched = BatchedBinarization(torch.nn.ModuleList(convs))
+    with batched.bound():  # by default (e.g. a sub-network pass): per-conv path, terms per conv
+        convs[1](torch.randn(1, 4, 5, 5))
+        assert all(c._batched_weight is None for c in convs)
+    assert [c._proj_terms is not None for c in convs] == [False, True, False]
+    reset_projection_terms(torch.nn.ModuleList(convs))
+    assert all(c._proj_terms is None for c in convs)
+    with batched.bound(every_conv_runs=True):  # one stacked term set on the group's first conv
+        assert all(c._batched_weight is not None for c in convs)
+    assert convs[0]._proj_terms[0].shape == (3, *convs[0].weight.shape)
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5])
+def test_batched_projection_loss_and_stored_gradient_match_per_conv(eta: float) -> None:
+    results = []
+    for batched in (False, True):
+        convs = _convs("pcnn", 3)
+        for c in convs:
+            c.pcnn_eta = eta
+        model = torch.nn.ModuleList(convs)
+        x = torch.randn(2, 4, 5, 5)
+        losses = []
+        for _ in range(2):  # the second loss uses dL/dW_hat stored by the first backward
+            if batched:
+                with BatchedBinarization(model).bound(every_conv_runs=True):
+                    out = sum(c(x).square().sum() for c in convs)
+            else:
+                out = sum(c(x).square().sum() for c in convs)
+            loss = projection_loss(model, 0.3, eta)
+            (out + loss).backward()
+            losses.append(loss.detach())
+        results.append((losses, [c.last_grad.clone() for c in convs], [c.weight.grad for c in convs]))
+    (l0, lg0, g0), (l1, lg1, g1) = results
+    for a, b in zip(l0, l1, strict=True):
+        assert torch.allclose(a, b, rtol=1e-6)  # summed per group: equal to float rounding
+    for a, b in zip(lg0 + g0, lg1 + g1, strict=True):
+        assert torch.equal(a, b)
+    assert (lg1[0].abs().sum() > 0) == bool(eta)
+
+
+def test_batched_binarization_groups_and_misuse() -> None:
+    torch.manual_seed(0)
+    spec = BinarySpec("xnor")
+    convs = [BinaryConv2d(4, 6, 3, spec=spec) for _ in range(2)]
+    convs += [BinaryConv2d(4, 4, 1, spec=spec)]  # a shape of its own: nothing to batch it with
+    convs += [BinaryConv2d(4, 4, 1, spec=BinarySpec("xnor_channel"))]  # another method: another group
+    convs += [BinaryConv2d(4, 4, 1, spec=BinarySpec("fp")) for _ in range(2)]  # fp: no batched form
+    side = int(BATCH_MAX_NUMEL**0.5) + 1
+    convs += [BinaryConv2d(side, side, 1, spec=spec) for _ in range(2)]  # too big to batch bit for bit
+    model = torch.nn.ModuleList(convs)
+    assert binary_convs(model) == convs
+    assert BatchedBinarization(model).groups == [convs[:2]]
+    with pytest.raises(NotImplementedError, match="fp"):
+        convs[4].method.weight_batch(convs[4:6])
+    # An error inside the block leaves no weight bound to a conv.
+    batched = BatchedBinarization(model)
+    with pytest.raises(RuntimeError, match="boom"), batched.bound():
+        assert convs[0]._batched_weight is not None
+        raise RuntimeError("boom")
+    assert all(c._batched_weight is None for c in convs)
+    # Outside a bound block a conv binarizes its own weight.
+    assert torch.equal(convs[0].binarized_weight(), convs[0].method.weight(convs[0]))

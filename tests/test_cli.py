@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -118,10 +117,64 @@ def test_settings_prints_the_provenance_table(capsys: pytest.CaptureFixture[str]
     assert len(lines) > 50
 
 
-def test_search_delegates_to_bnas_search(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = []
-    fake = types.ModuleType("bnas.search")
-    fake.main = lambda argv: calls.append(argv) or 7
-    monkeypatch.setitem(sys.modules, "bnas.search", fake)
-    assert main(["search", "--config", "x.yaml", "--quiet"]) == 7
-    assert calls == [["--config", "x.yaml", "--quiet"]]
+def _micro_search_yaml(tmp_path: Path) -> Path:
+    """3 ops -> 2 stages of 1 epoch on 8x8 images: a whole search in a few seconds."""
+    import yaml
+
+    cfg = {
+        "seed": 0,
+        "device": "cpu",
+        "threads": 1,
+        "data": {"image_size": 8, "train_subset": 64},
+        "search": {"layers": 3, "init_channels": 4, "batch_size": 16, "max_batches_per_epoch": 2,
+                   "ops": ["skip_connect", "max_pool_3x3", "sep_conv_3x3"]},
+        "reduction": {"strategy": "alpha", "epochs_per_stage": 1, "warmup_epochs": 0},
+    }  # fmt: skip
+    path = tmp_path / "micro.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_search_on_another_runs_folder_exits_2_and_no_resume_starts_over(
+    fake_cifar_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bnas.training import RunFolder
+
+    out = tmp_path / "out"
+    RunFolder(out, {"seed": 7}).save_checkpoint({"version": 2})  # a checkpoint of some other run
+    argv = ["search", "--config", str(_micro_search_yaml(tmp_path)), "--data-root", str(fake_cifar_root),
+            "--out", str(out), "--quiet"]  # fmt: skip
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"error: {out}: checkpoint.pt is the checkpoint of a different run")
+    assert captured.err.count("\n") == 1 and "--no-resume" in captured.err and captured.out == ""
+
+    assert main([*argv, "--no-resume"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["digest"] == json.loads((out / "final.json").read_text())["genotype_digest"]
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
+    # The finished folder resumes (nothing left to train) and gives the same genotype again.
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["digest"] == result["digest"]
+
+
+def test_search_mismatch_from_a_shell_prints_no_traceback(tmp_path: Path) -> None:
+    from bnas.training import RunFolder
+
+    RunFolder(tmp_path, {"seed": 7}).save_checkpoint({"version": 2})
+    p = _run("search", "--config", str(ROOT / "configs" / "search_tiny.yaml"), "--out", str(tmp_path))
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.startswith("error: ") and "Traceback" not in p.stderr and p.stderr.count("\n") == 1
+    assert "seed: 7 in the checkpoint, 0 now" in p.stderr
+
+
+def test_data_root_precedence_flag_then_environment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["retrain", "--genotype", "bnas_xnor", "--out", str(tmp_path / "o"), "--device", "cpu"]
+    env = {"BNAS_DATA_ROOT": str(tmp_path / "from_env")}
+    assert main(argv, environ=env) == 2
+    assert f"looked in {tmp_path / 'from_env'}" in capsys.readouterr().err
+    assert main([*argv, "--data-root", str(tmp_path / "from_flag")], environ=env) == 2
+    assert f"looked in {tmp_path / 'from_flag'}" in capsys.readouterr().err

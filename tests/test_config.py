@@ -2,18 +2,34 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import pickle
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from bnas.binarization import BINARIZATIONS
 from bnas.config import (
+    ALL_OPS,
+    BinarizationConfig,
     ConfigError,
+    DataConfig,
     ExperimentConfig,
+    ReductionConfig,
+    RetrainConfig,
+    SearchConfig,
     config_from_dict,
     describe_settings,
     load_config,
     parse_overrides,
+    setting,
 )
+from bnas.data import DATASETS
+from bnas.reduction import REDUCTIONS
+from bnas.registry import Registry
+from bnas.search_space import OPS
 
 
 def _yaml(tmp_path: Path, text: str) -> Path:
@@ -150,3 +166,158 @@ def test_every_setting_has_a_source_mark() -> None:
     assert len(keys) == len(set(keys)) and "search.sampling_k" in keys and "retrain.bn_eps" in keys
     assert all(mark in ("[P]", "[C]", "[R]", "[D]") for _, _, mark, _ in rows)
     assert all(doc for *_, doc in rows)
+
+
+# --------------------------------------------------------------------------------------------
+# The declarative layer: validation in construction, all problems at once, marks drive identity
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "cls, key, value, match",
+    [
+        (DataConfig, "image_size", 4, "must be >= 8, got 4"),
+        (DataConfig, "val_fraction", 1.0, "strictly between 0 and 1"),
+        (DataConfig, "dataset", "mnist", "unknown name 'mnist'; valid: cifar10"),
+        (BinarizationConfig, "method", "xnr", "valid: xnor, xnor_channel"),
+        (BinarizationConfig, "activations", "ternary", "expected 'real' or 'binary'"),
+        (SearchConfig, "layers", 2, "must be >= 3, got 2"),
+        (SearchConfig, "ops", [], "needs at least one operation"),
+        (SearchConfig, "ops", ["skip_connect", "skip_connect"], "lists an operation twice"),
+        (SearchConfig, "lr", "fast", "expected float"),
+        (ReductionConfig, "rounds", 0, "must be >= 1, got 0"),
+        (ReductionConfig, "stages", 0, "must be >= 1 or null, got 0"),
+        (ReductionConfig, "strategy", "greedy", "valid: performance, alpha, none, ucb"),
+        (RetrainConfig, "drop_path_prob", -0.1, r"must lie in \[0, 1\)"),
+        (RetrainConfig, "auxiliary", 1, "expected bool"),
+        (ExperimentConfig, "threads", 0, "must be >= 1 or null"),
+        (ExperimentConfig, "device", "gpu", "auto, cpu, cuda or cuda:N"),
+    ],
+)
+def test_direct_construction_validates(cls: type, key: str, value: Any, match: str) -> None:
+    with pytest.raises(ConfigError, match=match) as e:
+        cls(**{key: value})
+    assert e.value.key == key and e.value.source == cls.__name__
+
+
+@pytest.mark.parametrize("section", ["data", "binarization", "search", "reduction", "retrain"])
+def test_replace_validates_every_section(section: str) -> None:
+    cfg = ExperimentConfig()
+    sec = getattr(cfg, section)
+    floats = [f.name for f in dataclasses.fields(sec) if isinstance(getattr(sec, f.name), float)]
+    with pytest.raises(ConfigError, match="NaN") as e:
+        dataclasses.replace(sec, **{floats[0]: math.nan})
+    assert e.value.key == floats[0]
+    with pytest.raises(ConfigError, match="expected a"):
+        dataclasses.replace(cfg, **{section: None})
+    assert dataclasses.replace(sec) == sec  # a valid copy is fine
+
+
+def test_cross_field_rules_run_in_construction() -> None:
+    with pytest.raises(ConfigError, match="not divisible by sampling_k=4") as e:
+        SearchConfig(init_channels=6, sampling_k=4)
+    assert e.value.key == "init_channels"
+    with pytest.raises(ConfigError, match="exceeds epochs_per_stage=2"):
+        dataclasses.replace(ReductionConfig(), epochs_per_stage=2)
+    with pytest.raises(ConfigError, match="reduction.stages: 3 stages would remove more than the 2 ops"):
+        ExperimentConfig(search=SearchConfig(ops=["none", "skip_connect", "sep_conv_3x3"]),
+                         reduction=ReductionConfig(stages=3))
+
+
+def test_ints_become_floats_in_construction_too() -> None:
+    cfg = SearchConfig(lr=1)
+    assert cfg.lr == 1.0 and isinstance(cfg.lr, float)
+    assert ExperimentConfig(search=cfg).digest() == load_config(None, {"search.lr": 1}).digest()
+
+
+def test_a_file_reports_all_its_problems(tmp_path: Path) -> None:
+    path = _yaml(
+        tmp_path,
+        "search:\n  sampling_kk: 2\n  lr: -1\nretrain:\n  epochs: ten\nreduction:\n  strategy: greedy\n",
+    )
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    keys = [k for k, _ in e.value.problems]
+    assert keys == ["search.sampling_kk", "search.lr", "reduction.strategy", "retrain.epochs"]
+    lines = str(e.value).splitlines()
+    assert len(lines) == 4 and all(line.startswith(f"{path}: ") for line in lines)
+    assert "did you mean 'sampling_k'" in lines[0] and "must be > 0, got -1.0" in lines[1]
+    assert "'greedy'; valid: performance" in lines[2] and "expected int, got 'ten'" in lines[3]
+    assert (e.value.key, e.value.problem) == e.value.problems[0]
+
+
+def test_a_rule_is_skipped_when_what_it_reads_is_wrong() -> None:
+    # init_channels is no int: the divisibility rule would only repeat that with a stale value.
+    with pytest.raises(ConfigError) as e:
+        load_config(None, {"search.init_channels": "x", "search.sampling_k": 3})
+    assert [k for k, _ in e.value.problems] == ["search.init_channels"]
+
+
+@pytest.mark.parametrize("value", [".nan", ".NaN"])
+def test_nan_is_refused(value: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"retrain.lr: expected float, got NaN"):
+        load_config(_yaml(tmp_path, f"retrain:\n  lr: {value}\n"))
+    with pytest.raises(ConfigError, match="got NaN"):
+        load_config(None, [f"search.max_batches_per_epoch={value}"])
+    with pytest.raises(ConfigError, match="got NaN"):
+        BinarizationConfig(pcnn_eta=math.nan)  # no bounds declared: still no NaN
+
+
+@pytest.mark.parametrize(
+    "text, key, close",
+    [
+        ("serch: {}\n", "serch", "search"),
+        ("search:\n  sampling_kk: 4\n", "search.sampling_kk", "sampling_k"),
+        ("reduction:\n  warmup_epoch: 1\n", "reduction.warmup_epoch", "warmup_epochs"),
+        ("binarization:\n  pcnn_lamda: 0.1\n", "binarization.pcnn_lamda", "pcnn_lambda"),
+    ],
+)
+def test_unknown_keys_suggest_the_close_match(tmp_path: Path, text: str, key: str, close: str) -> None:
+    with pytest.raises(ConfigError, match=f"did you mean '{close}'") as e:
+        load_config(_yaml(tmp_path, text))
+    assert e.value.key == key
+
+
+@pytest.mark.parametrize(
+    "key, registry",
+    [("binarization.method", BINARIZATIONS), ("reduction.strategy", REDUCTIONS), ("data.dataset", DATASETS)],
+)
+def test_registries_validate_their_own_names(key: str, registry: Registry) -> None:
+    assert all(registry.check(name) is None for name in registry.names())
+    assert registry.check("nope") == f"unknown name 'nope'; valid: {', '.join(registry.names())}"
+    assert registry.check(["x"]) is not None  # unhashable: a problem, not a crash
+    with pytest.raises(ConfigError) as e:
+        load_config(None, {key: "nope"})
+    assert e.value.problems == [(key, registry.check("nope"))]
+
+
+def test_result_identity_follows_the_marks() -> None:
+    cfg = load_config(None, {"device": "cpu", "threads": 1, "data.root": "/x", "data.num_workers": 2})
+    skipped = {"device", "threads", "data.root", "data.download", "data.num_workers"}
+    assert cfg.result_identity() == {k: v for k, v in cfg.flat().items() if k not in skipped}
+    assert cfg.result_identity() == ExperimentConfig().result_identity()
+    assert cfg.result_identity() != load_config(None, {"data.image_size": 16}).result_identity()
+
+
+def test_the_search_space_owns_the_operations() -> None:
+    assert ALL_OPS == list(OPS) and SearchConfig().ops == list(OPS)
+    with pytest.raises(ConfigError, match="unknown operation 'conv_9x9'; valid: none, max_pool_3x3"):
+        SearchConfig(ops=["conv_9x9", "skip_connect"])
+
+
+def test_config_error_without_problems_is_a_programming_error() -> None:
+    with pytest.raises(ValueError, match="at least one problem"):
+        ConfigError.collect([])
+    err = ConfigError("must be >= 1", "f.yaml", "seed")
+    assert err.problems == [("seed", "must be >= 1")] and str(err) == "f.yaml: seed: must be >= 1"
+
+
+def test_config_error_keeps_its_problems_across_processes() -> None:
+    err = pickle.loads(pickle.dumps(ConfigError.collect([("a.b", "bad"), ("c", "worse")], "f.yaml")))
+    assert (err.source, err.key, err.problems) == ("f.yaml", "a.b", [("a.b", "bad"), ("c", "worse")])
+    assert str(err) == "f.yaml: a.b: bad\nf.yaml: c: worse"
+
+
+def test_a_setting_needs_a_known_source_mark() -> None:
+    with pytest.raises(ValueError, match="source mark 'paper'"):
+        setting(1, "paper", "a constant without a valid mark")

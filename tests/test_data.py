@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import pickle
+import subprocess
+import sys
 import warnings
-from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,6 +16,7 @@ import torch
 from bnas.config import ConfigError, DataConfig
 from bnas.data import (
     DATASETS,
+    ENV_ROOT,
     DataIntegrityWarning,
     DatasetNotFoundError,
     EvalTransform,
@@ -21,8 +25,7 @@ from bnas.data import (
     clear_cache,
     get_info,
     load_dataset,
-    make_fake_cifar,
-    make_fake_cifar100,
+    resolve_data_root,
     resolve_root,
     retrain_loaders,
     search_loaders,
@@ -30,71 +33,113 @@ from bnas.data import (
     test_indices,
     train_indices,
 )
+from bnas.data.roots import PRECEDENCE
 from bnas.registry import UnknownNameError
+from bnas.testing import (
+    FAKE_DATASETS,
+    FOLDER_CLASSES,
+    make_fake_cifar,
+    make_fake_folder,
+    write_png,
+)
 
 # Fake data never matches the official MD5 sums; the warning is tested explicitly where it matters.
 pytestmark = pytest.mark.filterwarnings("ignore::bnas.data.DataIntegrityWarning")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-FOLDER_CLASSES = ("ant", "bee", "cow")
-
-
-def write_png(img: torch.Tensor, path: Path) -> None:
-    """Save a uint8 C x H x W tensor as PNG with PIL (torchvision.io's encoders are deprecated)."""
-    from PIL import Image
-
-    Image.fromarray(img.permute(1, 2, 0).numpy()).save(path)
-
-
-def make_fake_folder(root: Path, per_class: int = 8, n_test: int = 3, size: int = 12, seed: int = 0) -> Path:
-    """A tiny class-folder dataset of PNGs, each class a different dominant colour channel."""
-    g = torch.Generator().manual_seed(seed)
-    for split, n in (("train", per_class), ("test", n_test)):
-        for c, name in enumerate(FOLDER_CLASSES):
-            d = root / split / name
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                img = torch.randint(0, 80, (3, size, size), generator=g, dtype=torch.uint8)
-                img[c] += 150
-                write_png(img, d / f"{i}.png")
-    return root
-
-
-# One way to write a small copy of every registered dataset: a new registry entry must add one here.
-FAKES: dict[str, Callable[[Path], Path]] = {
-    "cifar10": make_fake_cifar,
-    "cifar100": make_fake_cifar100,
-    "folder": make_fake_folder,
-}
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module", params=list(DATASETS))
 def any_dataset(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
     name = request.param
-    return name, FAKES[name](tmp_path_factory.mktemp(f"fake_{name}"))
+    return name, FAKE_DATASETS[name](tmp_path_factory.mktemp(f"fake_{name}"))
 
 
 def test_registry_holds_the_documented_datasets() -> None:
     assert DATASETS.names() == ["cifar10", "cifar100", "folder"]
-    assert set(FAKES) == set(DATASETS), "add a fake writer for the new dataset to FAKES"
+    assert set(FAKE_DATASETS) == set(DATASETS), "add a fake writer to bnas.testing.FAKE_DATASETS"
 
 
 def test_unknown_dataset_name_lists_the_valid_ones(tmp_path: Path) -> None:
     with pytest.raises(UnknownNameError, match="cifar10, cifar100, folder"):
-        get_info(DataConfig(dataset="imagenet", root=str(tmp_path)))
+        DATASETS.get("imagenet")
+    # The configuration rejects the name first; a settings object that skipped it still fails here.
+    unchecked = SimpleNamespace(dataset="imagenet", root=str(tmp_path), download=False, image_size=32)
+    for fn in (get_info, load_dataset):
+        with pytest.raises(UnknownNameError, match="cifar10, cifar100, folder"):
+            fn(unchecked)
 
 
 # ---------------------------------------------------------------------------------- roots and errors
 
 
-def test_resolve_root_order_and_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resolve_root_uses_data_root_only_and_is_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("BNAS_DATA_ROOT", raising=False)
     assert resolve_root(DataConfig()) == tmp_path.resolve() / "data"
-    monkeypatch.setenv("BNAS_DATA_ROOT", "from_env")
-    assert resolve_root(DataConfig()) == tmp_path.resolve() / "from_env"
     got = resolve_root(DataConfig(root="rel/dir"))
     assert got.is_absolute() and got == tmp_path.resolve() / "rel" / "dir"
+
+
+def test_library_never_reads_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """$BNAS_DATA_ROOT is the entry points' business: the library sees only data.root."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(ENV_ROOT, str(tmp_path / "bogus"))
+    assert resolve_root(DataConfig()) == tmp_path.resolve() / "data"
+    assert resolve_root(DataConfig(root="mine")) == tmp_path.resolve() / "mine"
+    with pytest.raises(DatasetNotFoundError) as exc:
+        load_dataset(DataConfig())
+    assert str(tmp_path / "data") in str(exc.value) and str(tmp_path / "bogus") not in str(exc.value)
+
+
+def test_data_package_has_no_environment_or_config_dependency() -> None:
+    """No os.environ / getenv in the source, and importing it does not import bnas.config (a cycle)."""
+    for path in sorted((REPO / "bnas" / "data").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import | ast.ImportFrom) else []
+            module = node.module if isinstance(node, ast.ImportFrom) else None
+            assert "os" not in names and module != "os", f"{path.name} imports os"
+            assert not (isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv")), path.name
+    code = "import sys, bnas.data; assert 'bnas.config' not in sys.modules, sorted(sys.modules)"
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, capture_output=True)
+
+
+# flag, environment, configured file value -> the winner (relative to the working directory)
+PRECEDENCE_CASES = [
+    ("flag", "env", "file", "flag"),
+    (None, "env", "file", "env"),
+    (None, None, "file", "file"),
+    (None, None, None, "data"),
+    ("", "", "", "data"),  # empty means unset, as in a shell's BNAS_DATA_ROOT=
+    ("flag", None, "file", "flag"),
+    ("flag", "env", None, "flag"),
+    (None, "", "file", "file"),
+]
+
+
+@pytest.mark.parametrize(("flag", "env", "configured", "winner"), PRECEDENCE_CASES)
+def test_resolve_data_root_precedence(
+    flag: str | None, env: str | None, configured: str | None, winner: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    environ = {} if env is None else {ENV_ROOT: env}
+    got = resolve_data_root(flag, configured, environ)
+    assert got.is_absolute() and got == tmp_path.resolve() / winner
+
+
+def test_resolve_data_root_reads_only_the_mapping_it_is_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(ENV_ROOT, str(tmp_path / "process_env"))
+    assert resolve_data_root(None, None, {}) == tmp_path.resolve() / "data"
+    assert resolve_data_root(None, None, {"OTHER": "x"}) == tmp_path.resolve() / "data"
+    assert resolve_data_root(str(tmp_path / "abs"), None, {}) == tmp_path.resolve() / "abs"
+    home = resolve_data_root("~/cifar", None, {})
+    assert home == Path("~/cifar").expanduser().resolve()
 
 
 @pytest.mark.parametrize("name", list(DATASETS))
@@ -109,13 +154,14 @@ def test_missing_dataset_error_names_path_and_remedy(name: str, tmp_path: Path) 
         assert DATASETS.get(name).folder in msg and "download: true" in msg
 
 
-def test_missing_dataset_error_says_root_came_from_env(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("BNAS_DATA_ROOT", str(tmp_path / "env_root"))
-    with pytest.raises(DatasetNotFoundError, match=r"\$BNAS_DATA_ROOT") as exc:
-        load_dataset(DataConfig())
-    assert str(tmp_path / "env_root") in str(exc.value)
+def test_missing_dataset_error_states_the_one_precedence(tmp_path: Path) -> None:
+    with pytest.raises(DatasetNotFoundError) as exc:
+        load_dataset(DataConfig(root=str(tmp_path / "nowhere")))
+    msg = str(exc.value)
+    assert PRECEDENCE in msg
+    order = [PRECEDENCE.index(k) for k in ("--data-root", "$BNAS_DATA_ROOT", "data.root", "./data")]
+    assert order == sorted(order)
+    assert "taken from data.root" in msg
 
 
 def test_download_fetches_missing_files_through_torchvision(
@@ -242,6 +288,19 @@ def test_resize_to_16_keeps_the_colours(fake_cifar_root: Path) -> None:
     assert small.info.image_size == 16 and torch.equal(small.train_labels, native.train_labels)
     diff = small.train_images.double().mean((2, 3)) - native.train_images.double().mean((2, 3))
     assert diff.abs().max() < 2.0  # per-image mean colour, in 0..255 units
+
+
+def test_fake_writers_live_in_bnas_testing_only() -> None:
+    import bnas.data
+
+    for name in ("make_fake_cifar", "make_fake_cifar100", "make_fake_folder", "FAKE_DATASETS"):
+        assert not hasattr(bnas.data, name) and name not in bnas.data.__all__
+
+
+@pytest.mark.parametrize("num_classes", [0, 11])
+def test_fake_cifar_rejects_impossible_class_counts(num_classes: int, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"num_classes must lie in \[1, 10\]"):
+        make_fake_cifar(tmp_path, num_classes=num_classes)
 
 
 def test_fake_cifar_classes_are_separable(fake_cifar_root: Path) -> None:
@@ -407,6 +466,35 @@ def test_loaders_with_workers_are_reproducible(fake_cifar_root: Path) -> None:
 
     a, b = epoch(), epoch()
     assert a.shape == (40, 3, 16, 16) and torch.equal(a, b)
+
+
+# First batches of seeded loaders on the session's fake CIFAR-10 (make_fake_cifar defaults), recorded
+# before bnas.data became a package: (label sum, pixel sum, sum of squares). Same seed, same batches.
+PINNED_FIRST_BATCHES = {
+    "search_train": (73, -2376.8362, 18006.9801),
+    "search_val": (69, -2371.5123, 18364.6756),
+    "retrain_train": (81, -13443.9515, 70906.7592),
+    "retrain_test": (143, 10302.7756, 120416.1639),
+}
+
+
+def test_seeded_first_batches_are_pinned(fake_cifar_root: Path) -> None:
+    search_cfg = DataConfig(root=str(fake_cifar_root), image_size=16)
+    retrain_cfg = DataConfig(root=str(fake_cifar_root), train_subset=100, test_subset=50)
+    s_train, s_val, _ = search_loaders(search_cfg, batch_size=16, seed=3)
+    r_train, r_test, _ = retrain_loaders(
+        retrain_cfg, batch_size=16, eval_batch_size=32, seed=5, cutout=16, autoaugment=True
+    )
+    loaders = {"search_train": s_train, "search_val": s_val, "retrain_train": r_train, "retrain_test": r_test}
+    for name, loader in loaders.items():
+        x, y = next(iter(loader))
+        labels, pixels, squares = PINNED_FIRST_BATCHES[name]
+        x = x.double()
+        assert int(y.sum()) == labels, name
+        assert float(x.sum()) == pytest.approx(pixels, rel=1e-6), name
+        assert float((x * x).sum()) == pytest.approx(squares, rel=1e-6), name
+    train, val = search_split(retrain_cfg, seed=7)
+    assert (int(train.sum()), int(val.sum()), int(train_indices(retrain_cfg).sum())) == (4558, 4912, 9470)
 
 
 def test_test_loader_is_ordered_and_unaugmented(fake_cifar_root: Path) -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from bnas.binarization import BINARIZATIONS, BinaryConv2d, BinarySpec
-from bnas.eval_network import EvalNetwork, drop_path
+from bnas.eval_network import AuxiliaryHead, EvalNetwork, drop_path
 from bnas.genotype import GENOTYPES, random_genotype
 
 METHODS = BINARIZATIONS.names()
@@ -95,3 +96,51 @@ def test_auxiliary_head_does_not_change_the_main_path(method: str) -> None:
     without.load_state_dict({k: v for k, v in with_aux.state_dict().items() if not k.startswith("auxiliary")})
     x = torch.randn(4, 3, 8, 8)
     assert torch.allclose(with_aux(x)[0], without(x)[0], atol=1e-6)
+
+
+def _darts_aux_reference(head: AuxiliaryHead) -> nn.Sequential:
+    """DARTS ``AuxiliaryHeadCIFAR`` layer by layer, with ``head``'s weights copied in."""
+    C = head.features[1].in_channels
+    ref = nn.Sequential(
+        nn.ReLU(inplace=False),
+        nn.AvgPool2d(5, stride=3, padding=0, count_include_pad=False),
+        nn.Conv2d(C, 128, 1, bias=False),
+        nn.BatchNorm2d(128),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(128, 768, 2, bias=False),
+        nn.BatchNorm2d(768),
+        nn.ReLU(inplace=True),
+        nn.Flatten(1),
+        nn.Linear(768, head.classifier.out_features),
+    )
+    for ours, theirs in ((1, 2), (2, 3), (4, 5), (5, 6)):
+        ref[theirs].load_state_dict(head.features[ours].state_dict())
+    ref[9].load_state_dict(head.classifier.state_dict())
+    return ref
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_auxiliary_head_is_darts_relu_then_pool(training: bool) -> None:
+    """ReLU before the 5x5/3 average pooling (DARTS, PC-DARTS, released BNAS code), on 8x8 maps."""
+    torch.manual_seed(0)
+    head = AuxiliaryHead(C=16, num_classes=10)
+    with torch.no_grad():  # non-trivial BN statistics and affine terms
+        for bn in (head.features[2], head.features[5]):
+            bn.running_mean.normal_()
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.normal_()
+            bn.bias.normal_()
+    ref = _darts_aux_reference(head)
+    head.train(training)
+    ref.train(training)
+    x = torch.randn(4, 16, 8, 8)
+    x_before = x.clone()
+    with torch.no_grad():
+        ours = head(x)
+        theirs = ref(x)
+        # The old order (pool, then ReLU) on the same weights.
+        old = F.relu(F.avg_pool2d(x, 5, stride=3, padding=0, count_include_pad=False))
+        old = head.classifier(head.features[1:](old).flatten(1))
+    assert torch.equal(x, x_before)  # the input (the network's s1) is not modified
+    assert torch.allclose(ours, theirs, atol=1e-6)
+    assert not torch.allclose(old, theirs, atol=1e-3)

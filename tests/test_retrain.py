@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bnas.config import ConfigError, ExperimentConfig, load_config
-from bnas.data import make_fake_cifar, retrain_loaders
+from bnas.data import retrain_loaders
 from bnas.export import load_packed
 from bnas.genotype import GENOTYPES, Genotype
 from bnas.model_size import size_report
@@ -24,6 +24,7 @@ from bnas.runtime import (
     seed_everything,
     set_rng_state,
 )
+from bnas.testing import make_fake_cifar
 
 GENOTYPE = GENOTYPES.get("bnas_xnor")
 FINAL_KEYS = {"test_acc", "test_loss", "train_acc", "epochs", "wall_time_s", "genotype_digest"} | {

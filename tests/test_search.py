@@ -12,8 +12,9 @@ import torch
 
 from bnas.binarization import BINARIZATIONS, BinarySpec
 from bnas.config import ALL_OPS, ConfigError, config_from_dict, load_config
+from bnas.genotype import derive_genotype
 from bnas.reduction import REDUCTIONS
-from bnas.search import Search, derive_genotype, run_search
+from bnas.search import Search, run_search
 from bnas.supernet import SuperNetwork, edge_endpoints
 
 REPO = Path(__file__).resolve().parents[1]
@@ -137,7 +138,7 @@ def test_killed_and_resumed_search_gives_the_same_genotype(cifar_root: Path, tmp
     with pytest.raises(_Killed):
         run_search(cfg, tmp_path / "b", on_epoch=kill_after_3, log=None)
     s = Search(cfg, tmp_path / "b", log=None)
-    assert s.resumed and s.global_epoch == 3 and s.stage == 1
+    assert s.resumed and s.state.global_epoch == 3 and s.state.stage == 1
     resumed = s.run()
     assert resumed.genotype == straight.genotype
     assert resumed.history == straight.history
@@ -149,9 +150,18 @@ def test_killed_and_resumed_search_gives_the_same_genotype(cifar_root: Path, tmp
 
 def test_resume_refuses_a_checkpoint_from_other_settings(cifar_root: Path, tmp_path: Path) -> None:
     run_search(config_from_dict(micro_cfg(cifar_root)), tmp_path, log=None)
-    other = config_from_dict(micro_cfg(cifar_root, seed=1))
-    with pytest.raises(ValueError, match="other settings"):
+    before = (tmp_path / "metrics.jsonl").read_text()
+    other = config_from_dict(micro_cfg(cifar_root, seed=1, search__lr=0.05))
+    with pytest.raises(ConfigError, match="checkpoint of a different run") as e:
         Search(other, tmp_path, log=None)
+    msg = str(e.value)
+    assert msg.startswith(str(tmp_path)) and "--no-resume" in msg and "\n" not in msg
+    assert "seed: 0 in the checkpoint, 1 now" in msg and "search.lr: 0.025 in the checkpoint, 0.05 now" in msg
+    assert (tmp_path / "metrics.jsonl").read_text() == before  # a refused resume leaves the folder alone
+    # resume=False starts over: one line per epoch of the new run, no stale results.
+    res = run_search(other, tmp_path, resume=False, log=None)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2] and not res.final["resumed"]
 
 
 @pytest.mark.parametrize("strategy", REDUCTIONS.names())
@@ -183,6 +193,14 @@ def test_every_binarization_searches(method: str, cifar_root: Path, tmp_path: Pa
         ("reduction.strategy", "greedy", "unknown name 'greedy'; valid: performance, alpha, none, ucb"),
         ("reduction.warmup_epochs", 9, "exceeds epochs_per_stage"),
         ("search.ops", ["sep_conv_3x3", "conv_7x7"], "unknown operation"),
+        ("search.validate_every", 0, "search.validate_every: must be >= 1"),
+        ("search.validate_every", 1.5, "search.validate_every: expected int"),
+        ("search.validate_every", None, "search.validate_every: expected int"),
+        ("search.val_max_batches", 0, "search.val_max_batches: must be >= 1 or null"),
+        ("search.checkpoint_every", 0, "search.checkpoint_every: must be >= 1"),
+        ("search.checkpoint_every", True, "search.checkpoint_every: expected int"),
+        ("reduction.subnet_eval_batches", 0, "reduction.subnet_eval_batches: must be >= 1 or null"),
+        ("reduction.subnet_eval_batches", "all", "reduction.subnet_eval_batches: expected int or null"),
     ],
 )
 def test_misuse_fails_before_any_work(key: str, value, match: str) -> None:
@@ -218,8 +236,209 @@ def test_tiny_search_config_runs_end_to_end_from_the_command_line(cifar_root: Pa
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "[stage 7/7 epoch 1/1 | 7/7]" in proc.stdout  # progress output
+    assert "epoch 7/7 | stage 7/7 |" in proc.stdout and "eta" in proc.stdout  # progress output
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["digest"] == json.loads((out / "final.json").read_text())["genotype_digest"]
     history = json.loads((out / "history.json").read_text())
     assert len(history) == 7 * 28
+
+
+# ------------------------------------------------------------------ cheaper search phases
+SPEED_SETTINGS = ("search.validate_every", "search.val_max_batches", "search.checkpoint_every",
+                  "reduction.subnet_eval_batches")  # fmt: skip
+TIMING_KEYS = ("elapsed_s", "epoch_time_s")
+
+
+def _untimed(metrics: list[dict]) -> list[dict]:
+    return [{k: v for k, v in m.items() if k not in TIMING_KEYS} for m in metrics]
+
+
+def six_epochs(root: Path, **over) -> dict:
+    """4 ops -> 3 stages of 2 epochs (one warm-up epoch): 6 epochs, 3 reductions."""
+    return micro_cfg(
+        root,
+        search__ops=["skip_connect", "max_pool_3x3", "avg_pool_3x3", "sep_conv_3x3"],
+        reduction__epochs_per_stage=2,
+        reduction__warmup_epochs=1,
+        **over,
+    )
+
+
+def test_speed_settings_are_listed_with_defaults_that_keep_todays_behaviour() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bnas", "settings"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for key in SPEED_SETTINGS:
+        assert key in proc.stdout, key
+    cfg = load_config(None)
+    sc = cfg.search
+    assert (sc.validate_every, sc.val_max_batches, sc.checkpoint_every) == (1, None, 1)
+    assert cfg.reduction.subnet_eval_batches is None
+    # Writing checkpoints less often computes the same thing: a run may resume with another value.
+    assert "search.checkpoint_every" not in cfg.result_identity()
+    assert {"search.validate_every", "search.val_max_batches", "reduction.subnet_eval_batches"} <= set(
+        cfg.result_identity()
+    )
+
+
+class _CountBatches:
+    """Counts the validation batches of each :meth:`Search.evaluate` call, by kind of call."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[tuple[str, int]] = []
+        original = Search.evaluate
+        counter = self
+
+        def evaluate(search: Search, selection=None, cap=None):
+            n = [0]
+            hook = search.state.net.register_forward_pre_hook(lambda *_: n.__setitem__(0, n[0] + 1))
+            try:
+                return original(search, selection, cap)
+            finally:
+                hook.remove()
+                kind = "validation" if selection is None else search.timer._stack[-1]
+                counter.calls.append((kind, n[0]))
+
+        monkeypatch.setattr(Search, "evaluate", evaluate)
+
+    def batches(self, kind: str) -> list[int]:
+        return [n for k, n in self.calls if k == kind]
+
+
+def test_validate_every_skips_validation_and_changes_nothing_else(
+    cifar_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def search(cfg: dict, out: str):
+        return run_search(config_from_dict(cfg), tmp_path / out, log=None)
+
+    every = search(six_epochs(cifar_root), "a")
+    count = _CountBatches(monkeypatch)
+    half = search(six_epochs(cifar_root, search__validate_every=2), "b")
+    assert len(count.batches("validation")) == 3  # epochs 2, 4 and 6 of 6: half as often
+    assert [("val_acc" in m, "val_loss" in m) for m in half.metrics] == [(False, False), (True, True)] * 3
+    # Absent, never stale; where both validated they agree; nothing else moves.
+    assert [m.get("val_acc") for m in half.metrics][1::2] == [m["val_acc"] for m in every.metrics][1::2]
+
+    def no_val(metrics: list[dict]) -> list[dict]:
+        return [{k: v for k, v in m.items() if not k.startswith("val_")} for m in _untimed(metrics)]
+
+    assert no_val(every.metrics) == no_val(half.metrics)
+    assert half.genotype == every.genotype and half.history == every.history
+    assert half.final["derived_val_acc"] == every.final["derived_val_acc"]
+    assert half.final["supernet_val_acc"] == every.final["supernet_val_acc"]
+    lines = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert ["val_acc" in m for m in lines] == [False, True] * 3
+    # Larger than the search: only the last epoch validates (PC-DARTS's released code).
+    last = search(micro_cfg(cifar_root, search__validate_every=50), "c")
+    assert ["val_acc" in m for m in last.metrics] == [False, True]
+    assert last.final["supernet_val_acc"] == last.metrics[-1]["val_acc"]
+
+
+@pytest.mark.parametrize(
+    "over,validation,subnet",
+    [
+        ({}, 2, 2),  # the whole (capped) split: 32 validation images in batches of 16
+        ({"search__val_max_batches": 1}, 1, 2),
+        ({"reduction__subnet_eval_batches": 1}, 2, 1),
+        ({"search__max_batches_per_epoch": None, "reduction__subnet_eval_batches": 5}, 2, 2),  # split ends
+    ],
+)
+def test_validation_and_subnet_evaluation_batch_caps(
+    over: dict, validation: int, subnet: int, cifar_root: Path, tmp_path: Path, monkeypatch
+) -> None:
+    count = _CountBatches(monkeypatch)
+    res = run_search(config_from_dict(micro_cfg(cifar_root, **over)), tmp_path, log=None)
+    assert count.batches("validation") == [validation] * 2
+    assert count.batches("subnet_eval") == [subnet] * 3  # 2 + 1 sub-networks (3 ops, then 2)
+    assert count.batches("derive") == [2]  # derived_val_acc is always measured on the whole (capped) split
+    assert len(res.metrics) == 2
+
+
+class _KillAt:
+    """Raise at the n-th call of a Search method (after the original ran for ``after=True``)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, method: str, n: int, after: bool = False) -> None:
+        original, calls = getattr(Search, method), [0]
+
+        def wrapped(search: Search, *a, **kw):
+            calls[0] += 1
+            if calls[0] == n and not after:
+                raise _Killed
+            out = original(search, *a, **kw)
+            if calls[0] == n:
+                raise _Killed
+            return out
+
+        monkeypatch.setattr(Search, method, wrapped)
+
+
+@pytest.fixture(scope="module")
+def straight_six(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory):
+    """An uninterrupted 6-epoch search with today's settings (a checkpoint after every epoch)."""
+    cfg = config_from_dict(six_epochs(cifar_root, search__validate_every=2))
+    return run_search(cfg, tmp_path_factory.mktemp("straight"), log=None)
+
+
+@pytest.mark.parametrize(
+    "kill",
+    [
+        ("_train_epoch", 2, True),  # after epoch 2, before any checkpoint: starts over
+        ("_train_epoch", 4, True),  # mid-stage 2: resumes from the epoch-3 checkpoint, reruns epoch 4
+        ("_train_epoch", 6, False),  # inside the last epoch: resumes after reduction 2, reruns epoch 5
+        ("_evaluate_subnet", 4, False),  # inside reduction 2: reruns epoch 4, then the whole reduction
+        ("_reduce", 3, True),  # after the last reduction, before its checkpoint: resumes from epoch 6
+    ],
+    ids=["epoch2", "epoch4", "in-epoch6", "in-reduction2", "after-reduction3"],
+)
+def test_checkpoint_every_resumes_to_the_identical_search_wherever_it_is_killed(
+    kill: tuple, straight_six, cifar_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = config_from_dict(six_epochs(cifar_root, search__validate_every=2, search__checkpoint_every=3))
+    saved: list[int] = []
+    original_save = Search._save
+
+    def save(search: Search, metrics: bool, checkpoint: bool = True) -> None:
+        original_save(search, metrics, checkpoint)
+        if checkpoint:
+            saved.append(search.state.global_epoch)
+
+    monkeypatch.setattr(Search, "_save", save)
+    with monkeypatch.context() as m:
+        _KillAt(m, *kill)
+        with pytest.raises(_Killed):
+            run_search(cfg, tmp_path, log=None)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    before = len(lines)  # metrics.jsonl runs ahead of the checkpoint between checkpoints
+    resumed = Search(cfg, tmp_path, log=None)
+    assert resumed.resumed == bool(saved)
+    if saved:
+        assert resumed.state.global_epoch == saved[-1] <= before
+    res = resumed.run()
+    assert res.genotype == straight_six.genotype and res.history == straight_six.history
+    assert _untimed(res.metrics) == _untimed(straight_six.metrics)
+    assert res.final["derived_val_acc"] == straight_six.final["derived_val_acc"]
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert _untimed(lines) == _untimed(straight_six.metrics)  # each epoch once
+
+
+def test_checkpoint_every_writes_fewer_checkpoints_and_always_one_after_a_reduction(
+    cifar_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bnas.training import RunFolder
+
+    written: list[tuple[int, int]] = []
+    original = RunFolder.save_checkpoint
+
+    def save_checkpoint(folder: RunFolder, state: dict) -> None:
+        written.append((state["position"]["global_epoch"], state["position"]["stage"]))
+        original(folder, state)
+
+    monkeypatch.setattr(RunFolder, "save_checkpoint", save_checkpoint)
+    cfg = config_from_dict(six_epochs(cifar_root, search__checkpoint_every=4))
+    run_search(cfg, tmp_path, log=None)
+    # epoch 4, and after each of the 3 reductions (epochs 2, 4, 6 -> stages 1, 2, 3)
+    assert written == [(2, 1), (4, 1), (4, 2), (6, 3)]
+    assert [json.loads(x)["epoch"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [
+        1, 2, 3, 4, 5, 6
+    ]  # fmt: skip

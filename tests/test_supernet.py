@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
+
 import pytest
 import torch
 from torch import nn
 
-from bnas.binarization import BINARIZATIONS, BinarySpec
+import bnas.supernet as supernet_module
+from bnas.binarization import BINARIZATIONS, BinaryConv2d, BinarySpec
 from bnas.config import ALL_OPS
 from bnas.supernet import (
     CELL_TYPES,
@@ -146,3 +150,84 @@ def test_forward_backward_and_selection_for_every_binarization(method: str) -> N
     assert all(p.grad is not None for p in net.arch_parameters())
     sel = Selection(["sep_conv_3x3"] * 14, ["max_pool_3x3"] * 14)
     assert net(x, sel).shape == (4, 10)
+
+
+# ---------------------------------------------------------------- speed-ups keep the numbers
+def _step(net: SuperNetwork, x: torch.Tensor, y: torch.Tensor, sel: Selection | None) -> list:
+    net.zero_grad(set_to_none=True)
+    logits = net(x, sel)
+    nn.functional.cross_entropy(logits, y).backward()
+    return [logits.detach()] + [p.grad for p in net.parameters()]
+
+
+@pytest.mark.parametrize(
+    "method,activations", [(m, "real") for m in BINARIZATIONS.names()] + [("xnor", "binary")]
+)
+def test_batched_binarization_gives_the_per_conv_network_bit_for_bit(
+    method: str, activations: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Logits and every gradient (None where a conv did not run) equal the per-conv path's."""
+    torch.manual_seed(0)
+    net = SuperNetwork(C=4, num_classes=10, layers=3, ops=ALL_OPS, k=2, spec=BinarySpec(method, activations))
+    ref = copy.deepcopy(net)
+    net.remove_op("normal", 0, "sep_conv_3x3")  # uneven op counts: the per-edge softmax path too
+    ref.remove_op("normal", 0, "sep_conv_3x3")
+    x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,))
+    sel = Selection(["dil_conv_3x3"] * 14, ["sep_conv_5x5"] * 14)
+    got = [_step(net, x, y, None), _step(net, x, y, sel)]
+    # The reference: no batching at all, every conv binarizes its own weight.
+    no_batching = lambda self, every_conv_runs=True: contextlib.nullcontext()  # noqa: E731
+    monkeypatch.setattr(supernet_module.BatchedBinarization, "bound", no_batching)
+    want = [_step(ref, x, y, None), _step(ref, x, y, sel)]
+    for g, w in zip(got, want, strict=True):
+        for a, b in zip(g, w, strict=True):
+            assert (a is None) == (b is None)
+            assert a is None or torch.equal(a, b)
+    assert any(p is None for p in got[1][1:])  # the sub-network pass leaves ops without gradient
+
+
+def test_op_probabilities_are_the_per_edge_softmax() -> None:
+    net = tiny_net()
+    with torch.no_grad():
+        for t in CELL_TYPES:
+            net.alphas[t].copy_(torch.randn_like(net.alphas[t]))
+
+    def reference(t: str) -> list[torch.Tensor]:
+        return [
+            torch.softmax(net.alphas[t][e, [ALL_OPS.index(n) for n in names]], dim=-1)
+            for e, names in enumerate(net.edge_ops[t])
+        ]
+
+    for removal in [None, ("normal", 2, "max_pool_3x3"), *(("reduce", e, "none") for e in range(14))]:
+        if removal:
+            net.remove_op(*removal)
+        for t in CELL_TYPES:
+            got, want = net.op_probabilities(t), reference(t)
+            assert len(got) == len(want) == 14
+            assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+    # Gradients reach exactly the remaining entries of alpha.
+    sum(p.sum() * (i + 1) for i, p in enumerate(net.op_probabilities("normal"))).backward()
+    grad = net.alphas["normal"].grad
+    assert grad[2, ALL_OPS.index("max_pool_3x3")] == 0 and grad[2].abs().sum() > 0
+
+
+def test_cached_module_lists_follow_remove_op() -> None:
+    net = tiny_net(method="pcnn")
+
+    def check() -> None:
+        arch = {id(p) for p in net.arch_parameters()}
+        want = [(n, p) for n, p in net.named_parameters() if id(p) not in arch]
+        got = list(net.named_weight_parameters())
+        assert [n for n, _ in got] == [n for n, _ in want]
+        assert all(a is b for (_, a), (_, b) in zip(got, want, strict=True))
+        assert net.binary_convs() == [m for m in net.modules() if isinstance(m, BinaryConv2d)]
+
+    check()
+    net(torch.randn(2, 3, 16, 16))  # builds the batched groups
+    n_convs = len(net.binary_convs())
+    for e in range(num_edges(net.steps)):
+        net.remove_op("normal", e, "dil_conv_5x5")
+    check()
+    assert len(net.binary_convs()) < n_convs
+    net(torch.randn(2, 3, 16, 16))  # the batched groups are collected again, without the deleted convs
+    assert {id(c) for g in net._batched.groups for c in g} <= {id(c) for c in net.binary_convs()}

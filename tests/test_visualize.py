@@ -7,10 +7,12 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pytest
 
+from bnas import search_space, supernet
 from bnas.genotype import GENOTYPES, random_genotype
-from bnas.supernet import edge_endpoints as supernet_edge_endpoints
 from bnas.visualize import (
     CELL_NAMES,
+    OP_COLORS,
+    OP_SHORT,
     draw_cell,
     edge_endpoints,
     edge_label,
@@ -52,9 +54,14 @@ def _history(steps: int = 4, stages: int = 3) -> list[dict]:
     return recs
 
 
-def test_edge_order_matches_supernet() -> None:
+def test_the_topology_is_the_search_space() -> None:
+    # One definition of the cell: the pictures and the super-network read the same edge order.
+    assert edge_endpoints is search_space.edge_endpoints is supernet.edge_endpoints
+    assert CELL_NAMES == search_space.CELL_TYPES == supernet.CELL_TYPES
     for steps in (1, 2, 4, 5):
-        assert edge_endpoints(steps) == supernet_edge_endpoints(steps)
+        assert len(edge_endpoints(steps)) == search_space.num_edges(steps)
+        assert search_space.steps_for_edges(search_space.num_edges(steps)) == steps
+    assert list(OP_COLORS) == list(OP_SHORT) == list(search_space.OPS)  # every op has its colour
     assert edge_label(0) == "c_{k-2}->0"
     assert edge_label(1) == "c_{k-1}->0"
     assert edge_label(13) == "2->3"
@@ -101,6 +108,13 @@ def test_draw_cell_labels_do_not_overlap() -> None:
                         assert not boxes[i].overlaps(boxes[j]), (name, cell, i, j)
             finally:
                 plt.close(fig)
+
+
+def test_save_figure_closes_pyplot_figures_too(tmp_path: Path) -> None:
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    assert_png(save_figure(fig, tmp_path / "line.png"), min_bytes=1000)
+    assert not plt.get_fignums()
 
 
 def test_draw_cell_other_cell_sizes(tmp_path: Path) -> None:

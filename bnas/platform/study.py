@@ -16,9 +16,11 @@ concurrency, per-trial resources and the retraining stage::
     max_failures: 1
     retrain: {top_k: 2, seeds: [0, 1], overrides: {retrain.epochs: 1, retrain.layers: 3}}
 
-:func:`load_study` checks all of it before anything starts: unknown keys and wrong types (naming the
-file and the key), and every value of the space against the fixed settings (a sampled K that does not
-divide the channels, a warm-up longer than a stage, ...), with and without the retraining overrides.
+:func:`load_study` checks all of it before anything starts: unknown keys, wrong types and values out
+of range (the file's keys are declared like the experiment settings, with :mod:`bnas.settings`; every
+such problem of the file is reported together, each naming the file and the key), and every value of
+the space against the fixed settings (a sampled K that does not divide the channels, a warm-up longer
+than a stage, ...), with and without the retraining overrides.
 What needs the cluster (is there a GPU?) or the disk (is the dataset there?) is checked by
 :mod:`bnas.platform.orchestrate` right after connecting, still before any trial or run exists.
 """
@@ -34,14 +36,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from bnas import settings
 from bnas.config import (
     ConfigError,
     ExperimentConfig,
-    _build,
+    OneOf,
+    Section,
     apply_overrides,
     config_from_dict,
     parse_overrides,
     read_yaml,
+    rule,
+    setting,
 )
 from bnas.platform.space import SearchSpace, parse_space, resolved_settings
 from bnas.platform.tracking import SEARCH_FINAL_METRICS
@@ -53,131 +59,109 @@ STUDIES_DIR = Path(__file__).resolve().parents[2] / "tune_configs"
 EPOCH_METRICS = ("val_acc", "val_loss", "train_acc", "train_loss")
 
 
-@dataclass
-class Objective:
-    metric: str = "derived_val_acc"
-    mode: Literal["max", "min"] = "max"
-
-    def check(self) -> list[tuple[str, str]]:
-        if self.metric not in SEARCH_FINAL_METRICS:
-            valid = ", ".join(SEARCH_FINAL_METRICS)
-            return [("metric", f"{self.metric!r} is not reported by a search trial; valid: {valid}")]
-        return []
+# --------------------------------------------------------------------------------------------
+# The study file, declared like the experiment settings (bnas.settings)
+# --------------------------------------------------------------------------------------------
 
 
 @dataclass
-class SamplerSpec:
+class Objective(Section):
+    """A figure every search trial reports at its end, maximised or minimised."""
+
+    metric: str = setting(
+        "derived_val_acc",
+        "[D]",
+        "final search metric to optimise",
+        choices=OneOf(SEARCH_FINAL_METRICS, "{value!r} is not reported by a search trial"),
+    )
+    mode: Literal["max", "min"] = setting("max", "[D]", "maximise or minimise it")
+
+
+@dataclass
+class SamplerSpec(Section):
     """An Optuna sampler by name; ``options`` are passed to its constructor (checked by name)."""
 
-    name: Literal["tpe", "random", "nsga2", "gp", "qmc"] = "tpe"
-    seed: int | None = 0
+    name: Literal["tpe", "random", "nsga2", "gp", "qmc"] = setting("tpe", "[D]", "Optuna sampler")
+    seed: int | None = setting(0, "[D]", "sampler seed; null = unseeded")
+    options: dict[str, Any] | None = setting({}, "[D]", "keyword arguments of the sampler's constructor")
 
-    def check(self) -> list[tuple[str, str]]:
-        return []
+    @rule("options", "name")
+    def _sampler_takes_the_options(self) -> str | None:
+        cls = sampler_class(self.name)
+        params = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "seed")]
+        bad = [k for k in self.options or {} if k not in params]
+        return f"{cls.__name__} has no option(s) {bad}; valid: {', '.join(params)}" if bad else None
 
 
 @dataclass
-class SchedulerSpec:
+class SchedulerSpec(Section):
     """``asha`` stops weak trials early on a per-epoch metric; ``fifo`` runs every trial to the end."""
 
-    name: Literal["asha", "fifo"] = "asha"
-    metric: str = "val_acc"
-    mode: Literal["max", "min"] = "max"
-    grace_period: int | None = None  # None: one epoch past the longest warm-up the space allows
-    reduction_factor: int = 2
-
-    def check(self) -> list[tuple[str, str]]:
-        errs = []
-        if self.metric not in EPOCH_METRICS:
-            errs.append(
-                ("metric", f"{self.metric!r} is not reported every epoch; valid: {', '.join(EPOCH_METRICS)}")
-            )
-        if self.grace_period is not None and self.grace_period < 1:
-            errs.append(("grace_period", f"must be >= 1, got {self.grace_period}"))
-        if self.reduction_factor < 2:
-            errs.append(("reduction_factor", f"must be >= 2, got {self.reduction_factor}"))
-        return errs
+    name: Literal["asha", "fifo"] = setting("asha", "[D]", "trial scheduler")
+    metric: str = setting(
+        "val_acc",
+        "[D]",
+        "per-epoch metric ASHA compares",
+        choices=OneOf(EPOCH_METRICS, "{value!r} is not reported every epoch"),
+    )
+    mode: Literal["max", "min"] = setting("max", "[D]", "maximise or minimise the metric")
+    grace_period: int | None = setting(
+        None, "[D]", "epochs before a trial may stop; null = one past the longest warm-up", ge=1
+    )
+    reduction_factor: int = setting(2, "[D]", "ASHA keeps 1/reduction_factor of the trials per rung", ge=2)
 
 
 @dataclass
-class ResourceSpec:
+class ResourceSpec(Section):
     """Per trial. ``gpu: auto`` takes one GPU when the cluster has any, else none."""
 
-    cpu: float = 1.0
-    gpu: float | Literal["auto"] = "auto"
-
-    def check(self) -> list[tuple[str, str]]:
-        errs = []
-        if self.cpu <= 0:
-            errs.append(("cpu", f"must be > 0, got {self.cpu}"))
-        if self.gpu != "auto" and self.gpu < 0:
-            errs.append(("gpu", f"must be >= 0 or auto, got {self.gpu}"))
-        return errs
+    cpu: float = setting(1.0, "[D]", "CPUs per trial", gt=0)
+    gpu: float | Literal["auto"] = setting("auto", "[D]", "GPUs per trial, or auto", ge=0)
 
 
 @dataclass
-class RetrainStage:
+class RetrainStage(Section):
     """Retrain the ``top_k`` distinct genotypes (by ``derived_val_acc``) once per seed."""
 
-    top_k: int = 1
-    seeds: list[int] = field(default_factory=lambda: [0])
-
-    def check(self) -> list[tuple[str, str]]:
-        errs = []
-        if self.top_k < 0:
-            errs.append(("top_k", f"must be >= 0 (0 skips retraining), got {self.top_k}"))
-        if not self.seeds:
-            errs.append(("seeds", "needs at least one seed"))
-        elif len(set(self.seeds)) != len(self.seeds):
-            errs.append(("seeds", f"lists a seed twice: {self.seeds}"))
-        return errs
+    top_k: int = setting(1, "[D]", "genotypes to retrain; 0 skips retraining", ge=0)
+    seeds: list[int] = setting([0], "[D]", "a retraining per seed", min_len=1, unique=True, noun="seed")
+    overrides: dict[str, Any] | None = setting(
+        {}, "[D]", "dotted settings changed for retraining, e.g. retrain.epochs"
+    )
 
 
 @dataclass
-class _Body:
-    """The typed part of a study file (``fixed``, ``space`` and the option dicts are parsed apart)."""
+class StudyFile(Section):
+    """The keys of a study file; ``fixed`` and ``space`` are checked against the experiment settings."""
 
-    description: str = ""
-    objectives: list[Objective] = field(default_factory=lambda: [Objective()])
+    description: str = setting("", "[D]", "one line shown by python run.py --list")
+    fixed: dict[str, Any] | None = setting({}, "[D]", "ExperimentConfig sections every trial starts from")
+    space: dict[str, Any] | None = setting(None, "[D]", "sampled settings: dotted setting -> domain")
+    objectives: list[Objective] = setting(
+        [Objective()], "[D]", "what the search optimises", min_len=1, noun="objective"
+    )
     sampler: SamplerSpec = field(default_factory=SamplerSpec)
     scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
-    trials: int = 4
-    concurrency: int = 1
+    trials: int = setting(4, "[D]", "search trials", ge=1)
+    concurrency: int = setting(1, "[D]", "trials at a time", ge=1)
     resources: ResourceSpec = field(default_factory=ResourceSpec)
-    max_failures: int = 1
+    max_failures: int = setting(1, "[D]", "restarts of a failed trial", ge=0)
     retrain: RetrainStage = field(default_factory=RetrainStage)
 
-    def check(self) -> list[tuple[str, str]]:
-        errs = []
-        for k in ("trials", "concurrency"):
-            if getattr(self, k) < 1:
-                errs.append((k, f"must be >= 1, got {getattr(self, k)}"))
-        if self.max_failures < 0:
-            errs.append(("max_failures", f"must be >= 0, got {self.max_failures}"))
-        if not self.objectives:
-            errs.append(("objectives", "needs at least one objective"))
+    @rule("objectives")
+    def _metrics_once(self) -> str | None:
         names = [o.metric for o in self.objectives]
-        if len(set(names)) != len(names):
-            errs.append(("objectives", f"names a metric twice: {names}"))
+        return f"names a metric twice: {names}" if len(set(names)) != len(names) else None
+
+    @rule("sampler.name", "objectives")
+    def _sampler_handles_the_objectives(self) -> str | None:
         if len(self.objectives) > 1 and self.sampler.name in ("gp",):
-            errs.append(("sampler.name", "gp is single-objective here; use tpe, nsga2 or random"))
-        return errs
+            return "gp is single-objective here; use tpe, nsga2 or random"
+        return None
 
 
 #: Top-level keys of a study file.
-STUDY_KEYS = [
-    "description",
-    "fixed",
-    "space",
-    "objectives",
-    "sampler",
-    "scheduler",
-    "trials",
-    "concurrency",
-    "resources",
-    "max_failures",
-    "retrain",
-]
+STUDY_KEYS = [f.name for f in dataclasses.fields(StudyFile)]
 
 
 @dataclass
@@ -191,23 +175,33 @@ class StudySpec:
     space: SearchSpace
     objectives: list[Objective]
     sampler: SamplerSpec
-    sampler_options: dict[str, Any]
     scheduler: SchedulerSpec
     trials: int
     concurrency: int
     resources: ResourceSpec
     max_failures: int
     retrain: RetrainStage
-    retrain_overrides: dict[str, Any]
     max_warmup: int = 0
 
     @property
     def multi_objective(self) -> bool:
         return len(self.objectives) > 1
 
+    @property
+    def sampler_options(self) -> dict[str, Any]:
+        return self.sampler.options or {}
+
+    @property
+    def retrain_overrides(self) -> dict[str, Any]:
+        return self.retrain.overrides or {}
+
     def digest(self) -> str:
         """Identity of what the study computes (its file name and --set source aside)."""
         data = {k: v for k, v in dataclasses.asdict(self).items() if k != "source"}
+        # Sampler options and retraining overrides sit at the top level, as in the digests of
+        # earlier versions, so that --resume still recognises studies started with them.
+        data["sampler_options"] = data["sampler"].pop("options") or {}
+        data["retrain_overrides"] = data["retrain"].pop("overrides") or {}
         blob = json.dumps(data, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
@@ -300,7 +294,9 @@ def load_study(
     data_root: str | Path | None = None,
     studies_dir: Path = STUDIES_DIR,
 ) -> StudySpec:
-    """Read, override and check a study (see the module docstring). Raises :class:`ConfigError`."""
+    """Read, override and check a study (see the module docstring). Raises :class:`ConfigError`
+    listing every problem of the file; checks that need a valid file come after (the space against
+    the fixed settings, the scheduler against the warm-up, the device against the resources)."""
     path = find_study(name_or_path, studies_dir)
     source = str(path)
     raw = read_yaml(path)
@@ -309,84 +305,63 @@ def load_study(
     if overrides:
         raw = apply_study_overrides(raw, overrides)
         source = f"{source} (with --set)"
-    unknown = [k for k in raw if k not in STUDY_KEYS]
-    if unknown:
-        close = difflib.get_close_matches(str(unknown[0]), STUDY_KEYS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(
-            f"unknown key{hint}; valid keys here: {', '.join(STUDY_KEYS)}", source, str(unknown[0])
-        )
-    body = dict(raw)
-    fixed = body.pop("fixed", None) or {}
-    if not isinstance(fixed, dict):
-        raise ConfigError(f"expected a mapping of ExperimentConfig sections, got {fixed!r}", source, "fixed")
-    # Trials run in their own working directories: the data root they get is always absolute
-    # (--data-root, else the study's data.root, else ./data; relative paths from the working directory).
-    section = fixed.get("data") if isinstance(fixed.get("data"), dict) else {}
-    root = data_root or section.get("root") or "data"
-    fixed = apply_overrides(fixed, {"data.root": str(Path(root).expanduser().resolve())}, source=source)
-    space_raw = body.pop("space", None)
-    sampler_raw = dict(body.get("sampler") or {})
-    sampler_options = sampler_raw.pop("options", None) or {}
-    if not isinstance(sampler_options, dict):
-        raise ConfigError(f"expected a mapping, got {sampler_options!r}", source, "sampler.options")
-    body["sampler"] = sampler_raw
-    retrain_raw = dict(body.get("retrain") or {})
-    retrain_overrides = retrain_raw.pop("overrides", None) or {}
-    if not isinstance(retrain_overrides, dict):
-        raise ConfigError(
-            f"expected a mapping of dotted settings, got {retrain_overrides!r}", source, "retrain.overrides"
-        )
-    body["retrain"] = retrain_raw
-    parsed: _Body = _build(_Body, body, source)
-
-    base = _with_prefix(lambda: config_from_dict(fixed, source), "fixed.")
-    valid_settings = list(base.flat())
-    space = parse_space(space_raw, source, valid_settings)
+    body, problems = settings.collect(StudyFile, raw)
+    fixed = _rooted(body.fixed if isinstance(body.fixed, dict) else {}, data_root)
+    _, fixed_problems = settings.collect(ExperimentConfig, fixed)
+    problems += [(f"fixed.{k}" if k else "fixed", m) for k, m in fixed_problems]
+    valid_settings = [row[0] for row in settings.describe(ExperimentConfig)]
+    space = SearchSpace()
+    try:
+        space = parse_space(body.space, source, valid_settings)
+    except ConfigError as e:
+        problems += e.problems
+    retrain_overrides = body.retrain.overrides if isinstance(body.retrain.overrides, dict) else {}
     for key in retrain_overrides:
         if key not in valid_settings:
             close = difflib.get_close_matches(str(key), valid_settings, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(
-                f"not a setting{hint}; overrides are dotted settings such as retrain.epochs",
-                source,
+            problems.append((
                 f"retrain.overrides.{key}",
-            )
-    _check_sampler_options(parsed.sampler, sampler_options, source)
+                f"not a setting{hint}; overrides are dotted settings such as retrain.epochs",
+            ))
+    if problems:
+        raise ConfigError.collect(problems, source)
 
     spec = StudySpec(
         name=path.stem,
         source=source,
-        description=parsed.description,
+        description=body.description,
         fixed=fixed,
         space=space,
-        objectives=parsed.objectives,
-        sampler=parsed.sampler,
-        sampler_options=sampler_options,
-        scheduler=parsed.scheduler,
-        trials=parsed.trials,
-        concurrency=parsed.concurrency,
-        resources=parsed.resources,
-        max_failures=parsed.max_failures,
-        retrain=parsed.retrain,
-        retrain_overrides=retrain_overrides,
+        objectives=body.objectives,
+        sampler=body.sampler,
+        scheduler=body.scheduler,
+        trials=body.trials,
+        concurrency=body.concurrency,
+        resources=body.resources,
+        max_failures=body.max_failures,
+        retrain=body.retrain,
     )
     spec.max_warmup = _check_space_against_fixed(spec)
-    if spec.resources.gpu == 0 and base.device.startswith("cuda"):
+    device = spec.base_config.device
+    if spec.resources.gpu == 0 and device.startswith("cuda"):
         raise ConfigError(
-            f"device {base.device!r} needs a GPU but resources.gpu is 0; use device: auto",
-            source,
-            "fixed.device",
+            f"device {device!r} needs a GPU but resources.gpu is 0; use device: auto", source, "fixed.device"
         )
     return spec
 
 
-def _with_prefix(fn, prefix: str):
-    """Run ``fn``; a :class:`ConfigError` it raises gets ``prefix`` in front of its key."""
-    try:
-        return fn()
-    except ConfigError as e:
-        raise ConfigError(e.problem, e.source, f"{prefix}{e.key}" if e.key else prefix.rstrip(".")) from None
+def _rooted(fixed: dict[str, Any], data_root: str | Path | None) -> dict[str, Any]:
+    """``fixed`` with an absolute ``data.root``: trials run in their own working directories.
+
+    The root is --data-root, else the study's data.root, else ./data (relative paths from the
+    working directory). A ``data`` entry that is not a mapping is left for the checks to report.
+    """
+    section = fixed.get("data", {})
+    if not isinstance(section, dict):
+        return fixed
+    root = data_root or section.get("root") or "data"
+    return apply_overrides(fixed, {"data.root": str(Path(root).expanduser().resolve())})
 
 
 def _check_space_against_fixed(spec: StudySpec) -> int:
@@ -394,21 +369,24 @@ def _check_space_against_fixed(spec: StudySpec) -> int:
     longest warm-up any trial can have.
 
     A failure names the sampled values that break it, e.g. ``space: with {'search.sampling_k': 3}:
-    search.init_channels: 8 is not divisible by sampling_k=3; choose a multiple of 3``.
+    search.init_channels: 8 is not divisible by sampling_k=3; choose a multiple of 3``; the first
+    point that fails is reported (with all its problems).
     """
     max_warmup = 0
     retrain = {**spec.retrain_overrides, "seed": spec.retrain.seeds[0]}
     for point in spec.space.probe_points():
         data = resolved_settings(spec.fixed, point)
-        try:
-            cfg = config_from_dict(data)
-        except ConfigError as e:
-            raise ConfigError(f"with {point}: {e.key}: {e.problem}", spec.source, "space") from None
-        try:
-            config_from_dict(apply_overrides(data, retrain))
-        except ConfigError as e:
+        cfg, problems = settings.collect(ExperimentConfig, data)
+        if problems:
+            raise ConfigError.collect(
+                [("space", f"with {point}: {k}: {m}") for k, m in problems], spec.source
+            )
+        _, problems = settings.collect(ExperimentConfig, apply_overrides(data, retrain))
+        if problems:
             what = f"with {point}: " if point else ""
-            raise ConfigError(f"{what}{e.key}: {e.problem}", spec.source, "retrain.overrides") from None
+            raise ConfigError.collect(
+                [("retrain.overrides", f"{what}{k}: {m}") for k, m in problems], spec.source
+            )
         max_warmup = max(max_warmup, cfg.reduction.warmup_epochs)
     if (
         spec.scheduler.name == "asha"
@@ -423,16 +401,6 @@ def _check_space_against_fixed(spec: StudySpec) -> int:
             "scheduler.grace_period",
         )
     return max_warmup
-
-
-def _check_sampler_options(sampler: SamplerSpec, options: dict[str, Any], source: str) -> None:
-    cls = sampler_class(sampler.name)
-    params = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "seed")]
-    bad = [k for k in options if k not in params]
-    if bad:
-        raise ConfigError(
-            f"{cls.__name__} has no option(s) {bad}; valid: {', '.join(params)}", source, "sampler.options"
-        )
 
 
 def sampler_class(name: str) -> type:

@@ -33,7 +33,7 @@ from typing import Any
 from ray import tune
 
 from bnas.platform.study import StudySpec
-from bnas.platform.tracking import SEARCH_FINAL_METRICS, SIZE_METRICS
+from bnas.platform.tracking_schema import SEARCH_FINAL_METRICS, SIZE_METRICS
 
 #: Per-epoch keys a search trial passes on from ``run_search``'s ``on_epoch``.
 SEARCH_EPOCH_KEYS = (
@@ -113,7 +113,9 @@ def search_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     pending = {o.metric: math.nan for o in study.objectives}
 
     def on_epoch(m: dict[str, Any]) -> None:
-        _report({**{k: m[k] for k in SEARCH_EPOCH_KEYS}, **pending, "final": False}, out)
+        if study.scheduler.metric not in m:
+            return  # no validation this epoch (search.validate_every): the scheduler judges the next one
+        _report({**{k: m[k] for k in SEARCH_EPOCH_KEYS if k in m}, **pending, "final": False}, out)
 
     res = run_search(cfg, out, on_epoch=on_epoch, resume=True, log=print if setup.verbose else None)
     retrain_cfg = study.retrain_config(cfg.to_dict(), study.retrain.seeds[0], device="cpu")

@@ -1,18 +1,17 @@
-"""A small but real study store for the analysis tests, written exactly in the platform's schema.
+"""A small but real study store for the analysis tests, written by the platform's own writer.
 
 Two real tiny searches (in process, on the fake CIFAR-10) give real ``genotype.json``,
 ``history.json``, ``metrics.jsonl`` and ``config.json`` artifacts and per-epoch metrics; around them a
-real SQLite MLflow store (written with ``MlflowClient``, as ``bnas.platform.tracking`` does) holds
-the parent run, five search runs (two sharing a genotype, one pruned, one failed), retraining runs
-(two seeds of one genotype, one of another, a full-precision retraining and a reference genotype)
-with real size figures, and a real Optuna SQLite study beside it. Module-free of Ray: builds in a
-few seconds.
+real SQLite MLflow store, written through :class:`bnas.platform.tracking.StudyTracker` exactly as the
+platform's Tune callback calls it, holds the parent run, five search runs (two sharing a genotype,
+one pruned, one failed), retraining runs (two seeds of one genotype, one of another, a
+full-precision retraining and a reference genotype) with real size figures, and a real Optuna SQLite
+study beside it. Free of Ray: builds in a few seconds.
 """
 
 from __future__ import annotations
 
-import json
-import time
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,48 +85,23 @@ def _size(cfg: Any, genotype: Any, method: str | None = None) -> dict[str, int]:
 
 
 def build_fake_study(tmp: Path, cifar_root: Path) -> FakeStudy:
+    """The store, written through the platform's own writer (:class:`StudyTracker`), as its Tune
+    callback does: the schema is the writer's, never a copy of it here."""
     import optuna
-    from mlflow import MlflowClient
-    from mlflow.entities import Metric, Param, RunTag
 
     from bnas.genotype import GENOTYPES
+    from bnas.platform.tracking import StudyTracker, TrackerConfig
+    from bnas.platform.tracking_schema import OPTUNA_DB, RETRAIN, SEARCH, SEARCH_FINAL_METRICS, State
 
     tmp.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{(tmp / 'mlflow.db').resolve()}"
     out = tmp / "bnas_runs" / STUDY
     out.mkdir(parents=True)
-    (out / "mlflow_runs.json").write_text(json.dumps({"tracking_uri": uri, "parent": None, "runs": {}}))
-    client = MlflowClient(uri)
-    exp = client.create_experiment(f"bnas/{STUDY}")
-    parent = client.create_run(
-        exp, run_name=STUDY, tags={"bnas.kind": "study", "bnas.study": STUDY}
-    ).info.run_id
-    fake = FakeStudy(uri, out, STUDY, parent)
-
-    def log_params(run_id: str, params: dict[str, Any]) -> None:
-        items = [
-            Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in params.items()
-        ]
-        for i in range(0, len(items), 100):
-            client.log_batch(run_id, params=items[i : i + 100])
-
-    def new_run(name: str, kind: str, tags: dict[str, str]) -> str:
-        all_tags = {
-            "mlflow.parentRunId": parent,
-            "bnas.kind": kind,
-            "bnas.study": STUDY,
-            "bnas.state": "running",
-        }
-        return client.create_run(exp, run_name=name, tags={**all_tags, **tags}).info.run_id
-
-    def finish(run_id: str, state: str, final: dict[str, float], tags: dict[str, str] | None = None) -> None:
-        ts = int(time.time() * 1000)
-        client.log_batch(
-            run_id,
-            metrics=[Metric(k, float(v), ts, 0) for k, v in final.items()],
-            tags=[RunTag(k, v) for k, v in {"bnas.state": state, **(tags or {})}.items()],
-        )
-        client.set_terminated(run_id, status="FAILED" if state == "failed" else "FINISHED")
+    # MLflow puts a SQLite store's artifacts under ./mlruns of the process: keep them in tmp.
+    with contextlib.chdir(tmp):
+        tracker = StudyTracker(TrackerConfig(uri, STUDY, str(out)))
+    tracker.begin_study()
+    fake = FakeStudy(uri, out, STUDY, tracker.parent_id)
 
     # ---- search runs: two real searches; trial 3 found trial 1's genotype with other settings
     real = {
@@ -146,25 +120,21 @@ def build_fake_study(tmp: Path, cifar_root: Path) -> FakeStudy:
     for tid, src, delta in plan:
         cfg, res, over, lr = results[src]
         sampled = {**over, "search.lr": lr if tid != "t3" else 0.03}
-        run_id = new_run(f"search-{tid}", "search", {"bnas.trial_id": tid})
-        log_params(run_id, {**cfg.flat(), **{f"space.{k}": v for k, v in sampled.items()}})
-        ts = int(time.time() * 1000)
-        epoch_metrics = [
-            Metric(k, float(m[k]), ts, int(m["epoch"]))
-            for m in res.metrics
-            for k in ("train_loss", "train_acc", "val_loss", "val_acc", "ops_per_edge", "stage")
-        ]
-        client.log_batch(run_id, metrics=epoch_metrics)
+        run_id = tracker.open_search_run(tid, cfg.flat(), sampled)
+        for m in res.metrics:
+            tracker.log_epoch(SEARCH, tid, m, int(m["epoch"]))
         size, _ = _size(cfg, res.genotype)
-        final = {
-            "derived_val_acc": res.final["derived_val_acc"] + delta,
-            "supernet_val_acc": res.final["supernet_val_acc"],
-            "search_time_s": res.final["search_time_s"],
-            **size,
-        }
-        finish(run_id, "complete", final, {"bnas.genotype_digest": res.genotype.digest})
-        for rel in ("genotype.json", "history.json", "metrics.jsonl", "config.json"):
-            client.log_artifact(run_id, str(res.out_dir / rel))
+        final = {k: res.final[k] for k in SEARCH_FINAL_METRICS if k in res.final}
+        final.update(size, derived_val_acc=res.final["derived_val_acc"] + delta)
+        tracker.finish(
+            SEARCH,
+            tid,
+            state=State.COMPLETE,
+            result=final,
+            genotype_digest=res.genotype.digest,
+            artifact_dir=res.out_dir,
+            last_epoch=len(res.metrics),
+        )
         fake.search[tid] = {
             "run_id": run_id,
             "digest": res.genotype.digest,
@@ -176,16 +146,13 @@ def build_fake_study(tmp: Path, cifar_root: Path) -> FakeStudy:
         }
     # A pruned trial (one epoch, no final figures, no artifacts) and a failed one.
     cfg1 = results["t1"][0]
-    run_id = new_run("search-t4", "search", {"bnas.trial_id": "t4"})
-    log_params(run_id, {**cfg1.flat(), "space.binarization.method": "xnor", "space.search.lr": 0.011})
-    m0 = results["t1"][1].metrics[0]
-    client.log_batch(run_id, metrics=[Metric("val_acc", m0["val_acc"], int(time.time() * 1000), 1)])
-    finish(run_id, "pruned", {})
-    fake.search["t4"] = {"run_id": run_id, "digest": None, "state": "pruned"}
-    run_id = new_run("search-t5", "search", {"bnas.trial_id": "t5"})
-    log_params(run_id, {**cfg1.flat(), "space.binarization.method": "xnor_channel"})
-    finish(run_id, "failed", {}, {"bnas.error": "RuntimeError: out of memory"})
-    fake.search["t5"] = {"run_id": run_id, "digest": None, "state": "failed"}
+    run_id = tracker.open_search_run("t4", cfg1.flat(), {"binarization.method": "xnor", "search.lr": 0.011})
+    tracker.log_epoch(SEARCH, "t4", results["t1"][1].metrics[0], 1)
+    tracker.finish(SEARCH, "t4", state=State.PRUNED, last_epoch=1)
+    fake.search["t4"] = {"run_id": run_id, "digest": None, "state": State.PRUNED}
+    run_id = tracker.open_search_run("t5", cfg1.flat(), {"binarization.method": "xnor_channel"})
+    tracker.finish(SEARCH, "t5", state=State.FAILED, error="RuntimeError: out of memory")
+    fake.search["t5"] = {"run_id": run_id, "digest": None, "state": State.FAILED}
 
     # ---- retraining runs
     def retrain(
@@ -193,37 +160,26 @@ def build_fake_study(tmp: Path, cifar_root: Path) -> FakeStudy:
     ) -> None:
         if tid is not None:
             info = fake.search[tid]
-            genotype, cfg = info["genotype"], info["cfg"]
-            tags = {"bnas.search_run_id": info["run_id"]}
+            genotype, cfg, search_run_id = info["genotype"], info["cfg"], info["run_id"]
         else:
-            genotype, cfg = GENOTYPES.get(name), cfg1
-            tags = {"bnas.genotype_name": name}
+            genotype, cfg, search_run_id = GENOTYPES.get(name), cfg1, None
         size, rcfg = _size(cfg, genotype, method)
-        digest = genotype.digest
-        run_id = new_run(
-            f"retrain-{digest}-s{seed}",
-            "retrain",
-            {
-                **tags,
-                "bnas.genotype_digest": digest,
-                "bnas.seed": str(seed),
-                "bnas.trial_id": f"r{len(fake.retrain)}",
-            },
+        trial = f"r{len(fake.retrain)}"
+        run_id = tracker.open_retrain_run(
+            trial,
+            rcfg.flat(),
+            genotype_digest=genotype.digest,
+            seed=seed,
+            search_run_id=search_run_id,
+            genotype_name=name,
         )
-        log_params(run_id, rcfg.flat())
-        ts = int(time.time() * 1000)
-        # The last epoch's test_acc differs from the final one: the loader must take the final (step 0).
-        client.log_batch(
-            run_id,
-            metrics=[
-                Metric("test_acc", acc - 0.1, ts, 1),
-                Metric("test_acc", acc - 0.05, ts, 2),
-                Metric("train_acc", 0.5, ts, 2),
-            ],
-        )
-        finish(run_id, "complete", {"test_acc": acc, "test_loss": 2.0, "wall_time_s": 3.0 + seed, **size})
+        # Two epochs; the final test_acc is the last epoch's (logged once, at step 2).
+        tracker.log_epoch(RETRAIN, trial, {"test_acc": acc - 0.1, "train_acc": 0.4}, 1)
+        tracker.log_epoch(RETRAIN, trial, {"test_acc": acc, "train_acc": 0.5}, 2)
+        final = {"test_acc": acc, "test_loss": 2.0, "wall_time_s": 3.0 + seed, **size}
+        tracker.finish(RETRAIN, trial, state=State.COMPLETE, result=final, last_epoch=2)
         fake.retrain.append(
-            {"run_id": run_id, "digest": digest, "seed": seed, "acc": acc, "method": method, **size}
+            {"run_id": run_id, "digest": genotype.digest, "seed": seed, "acc": acc, "method": method, **size}
         )
 
     retrain("t1", 0, 0.30)
@@ -233,7 +189,7 @@ def build_fake_study(tmp: Path, cifar_root: Path) -> FakeStudy:
     retrain(None, 0, 0.20, name="bnas_xnor")  # a reference genotype
 
     # ---- Optuna's view of the same trials
-    storage = f"sqlite:///{(out / 'optuna.db').resolve()}"
+    storage = f"sqlite:///{(out / OPTUNA_DB).resolve()}"
     ostudy = optuna.create_study(study_name=STUDY, storage=storage, direction="maximize")
     dists = {
         "binarization.method": optuna.distributions.CategoricalDistribution(["xnor", "xnor_channel", "pcnn"]),
@@ -255,7 +211,7 @@ def build_fake_study(tmp: Path, cifar_root: Path) -> FakeStudy:
             state=optuna.trial.TrialState.PRUNED,
         )
     )
-    client.set_terminated(parent, status="FINISHED")
+    tracker.close_study()
     return fake
 
 

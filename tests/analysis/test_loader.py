@@ -1,4 +1,4 @@
-"""analysis.loader against a real SQLite MLflow store written in the platform's schema."""
+"""analysis.loader against a real SQLite MLflow store written by the platform's writer."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from analysis.loader import (
     connect,
     list_studies,
     load_study,
-    parse_param,
     resolve_tracking_uri,
 )
+from bnas.platform.tracking_schema import parse_param
 
 
 def _free_port() -> int:
@@ -120,19 +120,22 @@ def test_parse_param() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.platform
 def test_loader_through_a_tracking_server(fake_study, tmp_path: Path) -> None:
     """The same study read through ``mlflow server`` (started here, in its own process group)."""
     import os
-    import shutil
     import signal
     import subprocess
+    import sys
     import time
     import urllib.request
 
     port = _free_port()
     proc = subprocess.Popen(
         [
-            shutil.which("mlflow") or "mlflow",
+            sys.executable,  # the console script of this interpreter, activated or not
+            "-m",
+            "mlflow",
             "server",
             "--backend-store-uri",
             fake_study.uri,

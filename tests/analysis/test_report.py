@@ -10,7 +10,10 @@ import pytest
 from report_checks import assert_png, assert_report_consistent
 
 from analysis.loader import load_study
-from analysis.report import build_report, leaderboard, main, pareto_mask, pareto_points, search_cost
+from analysis.report import build_report, main
+from analysis.tables import leaderboard, optuna_view, pareto_mask, pareto_points, search_cost
+from bnas.platform.tracking import StudyTracker, TrackerConfig
+from bnas.platform.tracking_schema import SEARCH
 
 
 def test_report_on_the_unit_study(fake_study, tmp_path: Path) -> None:
@@ -101,30 +104,20 @@ def test_gpu_cost_is_compared_with_the_paper() -> None:
 
 
 def _store_with_running_trial(tmp: Path) -> tuple[str, Path]:
-    from mlflow import MlflowClient
-    from mlflow.entities import Metric
-
+    """A study whose only search trial has reported one epoch (through the platform's writer)."""
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    client = MlflowClient(uri)
-    exp = client.create_experiment("bnas/early")
-    parent = client.create_run(exp, run_name="early", tags={"bnas.kind": "study", "bnas.study": "early"})
-    run = client.create_run(
-        exp,
-        run_name="search-x",
-        tags={
-            "mlflow.parentRunId": parent.info.run_id,
-            "bnas.kind": "search",
-            "bnas.study": "early",
-            "bnas.trial_id": "x",
-            "bnas.state": "running",
-        },
-    )
-    client.log_param(run.info.run_id, "device", "cpu")
-    client.log_batch(run.info.run_id, metrics=[Metric("val_acc", 0.1, 0, 1), Metric("stage", 1, 0, 1)])
-    return uri, tmp / "out"
+    out = tmp / "out"
+    out.mkdir()
+    tracker = StudyTracker(TrackerConfig(uri, "early", str(out)))
+    tracker.open_search_run("x", {"device": "cpu"}, {})
+    tracker.log_epoch(SEARCH, "x", {"val_acc": 0.1, "stage": 1}, 1)
+    return uri, out
 
 
-def test_study_without_finished_trials_reports_what_there_is(tmp_path: Path, capsys) -> None:
+def test_study_without_finished_trials_reports_what_there_is(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # MLflow puts a new store's artifacts (the report) under ./mlruns
     uri, out = _store_with_running_trial(tmp_path)
     assert main(["--study", "early", "--mlflow-uri", uri, "--out", str(out)]) == 0
     text = capsys.readouterr().out
@@ -141,8 +134,6 @@ def test_study_without_finished_trials_reports_what_there_is(tmp_path: Path, cap
 def test_optuna_with_too_few_trials_says_so(tmp_path: Path) -> None:
     import optuna
 
-    from analysis.report import optuna_view
-
     s = optuna.create_study(study_name="few", storage=f"sqlite:///{tmp_path / 'o.db'}", direction="maximize")
     s.add_trial(
         optuna.trial.create_trial(
@@ -151,3 +142,46 @@ def test_optuna_with_too_few_trials_says_so(tmp_path: Path) -> None:
     )
     view = optuna_view(s)
     assert view["importances"] == {} and "at least 2 complete trials" in view["note"]
+
+
+def test_console_summary_and_report_rank_alike(fake_study) -> None:
+    """run.py's closing summary and the report's leaderboard are one aggregation: same rows, same order."""
+    from bnas.platform.summary import format_summary, summarize
+
+    data = load_study(fake_study.study, fake_study.uri, fake_study.out_dir)
+    board = leaderboard(data.runs)
+    tracker = StudyTracker(TrackerConfig(fake_study.uri, fake_study.study, str(fake_study.out_dir)))
+    rows, counts = summarize(tracker, limit=100)
+    assert [(r["digest"], r["method"]) for r in rows] == list(
+        zip(board["genotype_digest"], board["binarization"])
+    )
+    assert [r["seeds"] for r in rows] == board["n_seeds"].tolist()
+    assert counts == {"complete": 3, "pruned": 1, "failed": 1}
+    text = format_summary(rows, counts)
+    assert text.startswith("summary (search trials: 3 complete, 1 failed, 1 pruned)")
+    assert len(text.splitlines()) == 2 + len(board)
+
+
+def test_analysis_keeps_no_copy_of_the_schema() -> None:
+    """Tag keys, the study folder's file names and environment writes live outside ``analysis/``
+    (string constants only; docstrings may name them)."""
+    import ast
+
+    root = Path(__file__).resolve().parents[2] / "analysis"
+    for path in root.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        docs = {
+            id(n.body[0].value)
+            for n in ast.walk(tree)
+            if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef))
+            and n.body
+            and isinstance(n.body[0], ast.Expr)
+            and isinstance(n.body[0].value, ast.Constant)
+        }
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
+                text = node.value
+                assert not text.startswith(("bnas.", "tags.", "bnas/")), (path.name, text)
+                assert "mlflow_runs.json" not in text and "optuna.db" not in text, (path.name, text)
+            if isinstance(node, ast.Attribute) and node.attr == "environ":
+                raise AssertionError(f"{path.name} touches os.environ")

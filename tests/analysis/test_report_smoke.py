@@ -14,7 +14,7 @@ from report_checks import assert_report_consistent
 from analysis.loader import load_study
 from analysis.report import build_report
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.platform]  # runs the smoke study on Ray
 
 
 @pytest.fixture(scope="module")

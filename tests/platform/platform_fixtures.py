@@ -1,5 +1,9 @@
 """Fixtures for the platform tests: a Ray head of our own, and one real smoke study per session.
 
+Imported by tests/conftest.py at collection time, so this module imports neither Ray nor MLflow:
+Ray starts (as a subprocess) only when a test asks for ``ray_head`` or ``smoke_study``, and such tests
+carry the ``platform`` marker (``pytest -m "not platform"`` starts no Ray at all).
+
 ``smoke_study`` runs ``python run.py --study bnas_smoke`` (shrunk with ``--set`` so it takes about a
 minute and a half on a 2-core CPU) once per test session, against a Ray head started here, with a real
 Optuna storage and a real MLflow SQLite store in a temporary folder, on the session's fake CIFAR-10
@@ -13,6 +17,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,7 +41,9 @@ def ray_head() -> str:
     port = free_port()
     temp_dir = tempfile.mkdtemp(prefix="bnasray", dir="/tmp")  # short: Ray's socket paths must fit
     cmd = [
-        shutil.which("ray") or "ray",
+        sys.executable,  # Ray's console script of this interpreter, whether its venv is activated or not
+        "-m",
+        "ray.scripts.scripts",
         "start",
         "--head",
         "--port",

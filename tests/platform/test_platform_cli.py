@@ -156,6 +156,7 @@ def test_resume_must_use_the_recorded_tracking_store(
     assert "first.db" in err
 
 
+@pytest.mark.platform
 def test_gpu_asked_where_none_exists(tmp_path: Path, fake_cifar_root: Path) -> None:
     """Needs a cluster to ask: run.py starts a local one (the default path), finds no GPU, stops it."""
     res = run_cli(

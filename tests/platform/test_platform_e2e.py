@@ -18,10 +18,15 @@ import pytest
 from optuna.trial import TrialState
 from platform_helpers import SMOKE_TEST_SETTINGS, SmokeStudy, end_group, run_cli, smoke_args, start_cli
 
+from bnas.platform.tracking_schema import experiment_name, search_all
 
-def _runs(uri: str, experiment: str = "bnas/bnas_smoke"):
-    mlflow.set_tracking_uri(uri)
-    return mlflow.search_runs(experiment_names=[experiment], output_format="list")
+pytestmark = pytest.mark.platform  # every test here runs a study on a Ray head
+
+
+def _runs(uri: str, study: str = "bnas_smoke"):
+    """Every run of the study's experiment (through a client: MLflow's global tracking URI stays as is)."""
+    client = mlflow.MlflowClient(uri)
+    return search_all(client, client.get_experiment_by_name(experiment_name(study)).experiment_id, "")
 
 
 def _by_kind(runs, kind: str):

@@ -14,7 +14,18 @@ import yaml
 from bnas.config import ConfigError
 from bnas.platform.orchestrate import plan_trials
 from bnas.platform.space import parse_space
-from bnas.platform.study import STUDY_KEYS, list_studies, load_study, make_sampler
+from bnas.platform.study import (
+    STUDY_KEYS,
+    Objective,
+    ResourceSpec,
+    RetrainStage,
+    SamplerSpec,
+    SchedulerSpec,
+    StudyFile,
+    list_studies,
+    load_study,
+    make_sampler,
+)
 
 STUDIES = list(list_studies())
 
@@ -219,3 +230,52 @@ def test_study_file_round_trip_is_plain_yaml() -> None:
     for name in STUDIES:
         raw = yaml.safe_load((Path(load_study(name).source)).read_text())
         assert set(raw) <= set(STUDY_KEYS)
+
+
+def test_a_study_file_reports_all_its_problems(tmp_path: Path) -> None:
+    text = (
+        MINIMAL.replace("trials: 2", "trials: 0").replace("layers: 3", "layers: 2")
+        + "concurrency: many\nresources: {cpu: .nan}\n"
+        + "retrain: {seeds: [1, 1], overrides: {retrain.layer: 8}}\n"
+    )
+    path = write_study(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_study(str(path))
+    assert [k for k, _ in err.value.problems] == [
+        "trials",
+        "concurrency",
+        "resources.cpu",
+        "retrain.seeds",
+        "fixed.search.layers",
+        "retrain.overrides.retrain.layer",
+    ]
+    lines = str(err.value).splitlines()
+    assert len(lines) == 6 and all(line.startswith(f"{path}: ") for line in lines)
+    assert "got NaN" in lines[2] and "lists a seed twice: [1, 1]" in lines[3]
+
+
+@pytest.mark.parametrize(
+    "cls, key, value, words",
+    [
+        (Objective, "metric", "accuracy", "'accuracy' is not reported by a search trial; valid: derived"),
+        (Objective, "mode", "maximum", "expected 'max' or 'min'"),
+        (SamplerSpec, "options", {"n_startup": 3}, "TPESampler has no option(s) ['n_startup']"),
+        (SchedulerSpec, "metric", "derived_val_acc", "is not reported every epoch; valid: val_acc"),
+        (SchedulerSpec, "reduction_factor", 1, "must be >= 2, got 1"),
+        (ResourceSpec, "gpu", -1, "must be >= 0 or auto, got -1"),
+        (RetrainStage, "seeds", [], "needs at least one seed"),
+        (StudyFile, "trials", 0, "must be >= 1, got 0"),
+    ],
+)
+def test_study_sections_validate_in_construction(cls: type, key: str, value: object, words: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        cls(**{key: value})
+    assert err.value.key == key and words in str(err.value)
+
+
+def test_study_digest_ignores_the_source_but_not_the_settings(tmp_path: Path) -> None:
+    a = load_study(str(write_study(tmp_path, MINIMAL, "a")), data_root="/data")
+    b = load_study(str(write_study(tmp_path, MINIMAL, "a")), ["trials=2"], data_root="/data")
+    c = load_study(str(write_study(tmp_path, MINIMAL, "a")), ["sampler.options={n_startup_trials: 3}"])
+    assert a.source != b.source and a.digest() == b.digest() != c.digest()
+    assert c.sampler_options == {"n_startup_trials": 3} and a.sampler_options == {} == a.retrain_overrides

@@ -10,9 +10,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from bnas.platform.orchestrate import StudySearcher, fail_stale_trials, optuna_storage
+from bnas.platform.searcher import StudySearcher, fail_stale_trials, optuna_storage
 from bnas.platform.study import load_study
 from bnas.platform.tracking import StudyTracker, TrackerConfig
+from bnas.platform.tracking_schema import SEARCH, State
 
 
 def _searcher(tmp_path: Path, metric, mode) -> StudySearcher:
@@ -66,26 +67,23 @@ def test_tracker_never_duplicates_runs_or_epochs(tmp_path: Path, monkeypatch: py
     monkeypatch.chdir(tmp_path)  # MLflow puts a SQLite store's artifacts under ./mlruns
     cfg = TrackerConfig(f"sqlite:///{tmp_path / 'mlflow.db'}", "unit", str(tmp_path))
     first = StudyTracker(cfg)
-    tags = {"bnas.trial_id": "t1"}
-    run = first.open_run(
-        "search/t1", "search", "search-t1", tags, {"search.layers": 3, "search.ops": ["a"] * 200}
-    )
-    first.log_epoch("search/t1", {"val_acc": 0.1, "stage": 1}, 1)
-    first.log_epoch("search/t1", {"val_acc": 0.2, "stage": 1}, 2)
+    run = first.open_search_run("t1", {"search.layers": 3, "search.ops": ["a"] * 200}, {"search.lr": 0.1})
+    first.log_epoch(SEARCH, "t1", {"val_acc": 0.1, "stage": 1}, 1)
+    first.log_epoch(SEARCH, "t1", {"val_acc": 0.2, "stage": 1}, 2)
     # A restarted driver (new tracker, same study folder) reopens the run and skips epochs it has.
     again = StudyTracker(cfg)
     assert again.parent_id == first.parent_id
-    assert again.open_run("search/t1", "search", "search-t1", tags, {"search.layers": 3}) == run
-    again.log_epoch("search/t1", {"val_acc": 0.2, "stage": 1}, 2)
-    again.log_epoch("search/t1", {"val_acc": 0.3, "stage": 2}, 3)
-    again.finish(
-        "search/t1", state="complete", final={"derived_val_acc": 0.4}, tags={"bnas.genotype_digest": "x"}
-    )
-    again.finish("search/t1", state="failed", error="must not reopen a finished run")
+    assert again.open_search_run("t1", {"search.layers": 3}, {}) == run
+    again.log_epoch(SEARCH, "t1", {"val_acc": 0.2, "stage": 1}, 2)
+    again.log_epoch(SEARCH, "t1", {"val_acc": 0.3, "stage": 2, "epoch": 3}, 3)
+    again.finish(SEARCH, "t1", state=State.COMPLETE, result={"derived_val_acc": 0.4}, genotype_digest="x")
+    again.finish(SEARCH, "t1", state=State.FAILED, error="must not reopen a finished run")
     client = mlflow.MlflowClient(cfg.tracking_uri)
     assert [m.step for m in client.get_metric_history(run, "val_acc")] == [1, 2, 3]
     got = client.get_run(run)
     assert got.info.status == "FINISHED" and got.data.tags["bnas.state"] == "complete"
     assert got.data.tags["mlflow.parentRunId"] == first.parent_id
     assert got.data.params["search.ops"].endswith("...") and len(got.data.params["search.ops"]) == 500
-    assert len(again.runs("search")) == 1
+    assert got.data.params["space.search.lr"] == "0.1"
+    assert "epoch" not in got.data.metrics  # only the kind's epoch metrics are logged
+    assert len(again.runs(SEARCH)) == 1

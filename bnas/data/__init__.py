@@ -1,0 +1,64 @@
+"""Datasets, class-balanced subsets, the search split, augmentation and the data loaders.
+
+One concept per module:
+
+* :mod:`~bnas.data.roots` -- where the data lives: the one precedence for the dataset folder
+  (:func:`resolve_data_root`, for entry points) and :func:`resolve_root` (library: ``data.root`` only).
+* :mod:`~bnas.data.sources` -- the :data:`DATASETS` registry (CIFAR-10/100, image folders): layout,
+  integrity check, reading from disk.
+* :mod:`~bnas.data.loading` -- a dataset in memory at the configured size, cached per process.
+* :mod:`~bnas.data.splits` -- the fixed class-balanced subsets and the seeded search split.
+* :mod:`~bnas.data.transforms` -- evaluation normalisation and training augmentation.
+* :mod:`~bnas.data.loaders` -- the tensor dataset and the seeded search / retraining loaders.
+* :mod:`~bnas.data.device_loader` -- the images held on the accelerator, augmented there in batches.
+* :mod:`~bnas.data.cifar_writer` -- writing CIFAR-10 files (a subset of real data, for benchmarks).
+
+Fake datasets for tests are written by :mod:`bnas.testing`. Nothing here reads the environment or
+imports :mod:`bnas.config` (which imports :data:`DATASETS`).
+"""
+
+from bnas.data.cifar_writer import write_cifar10, write_cifar10_subset
+from bnas.data.device_loader import DataPlacement, DeviceAugment, DeviceLoader
+from bnas.data.loaders import ImageTensorDataset, reseed_loader, retrain_loaders, search_loaders
+from bnas.data.loading import LoadedData, clear_cache, get_info, load_dataset
+from bnas.data.roots import DEFAULT_ROOT, ENV_ROOT, resolve_data_root, resolve_root
+from bnas.data.sources import (
+    DATASETS,
+    DataIntegrityWarning,
+    DatasetInfo,
+    DatasetNotFoundError,
+    DatasetSource,
+)
+from bnas.data.splits import balanced_order, search_split, test_indices, train_indices
+from bnas.data.transforms import EvalTransform, TrainTransform
+
+__all__ = [
+    "DATASETS",
+    "DEFAULT_ROOT",
+    "ENV_ROOT",
+    "DataIntegrityWarning",
+    "DataPlacement",
+    "DatasetInfo",
+    "DatasetNotFoundError",
+    "DatasetSource",
+    "DeviceAugment",
+    "DeviceLoader",
+    "EvalTransform",
+    "ImageTensorDataset",
+    "LoadedData",
+    "TrainTransform",
+    "balanced_order",
+    "clear_cache",
+    "get_info",
+    "load_dataset",
+    "reseed_loader",
+    "resolve_data_root",
+    "resolve_root",
+    "retrain_loaders",
+    "search_loaders",
+    "search_split",
+    "test_indices",
+    "train_indices",
+    "write_cifar10",
+    "write_cifar10_subset",
+]

@@ -1,0 +1,97 @@
+"""A dataset in memory at the configured resolution, cached per process, and its model-facing info.
+
+Images are held as one ``uint8`` tensor ``N x 3 x S x S`` per split, resized once here (never per item)
+and augmented per item on tensors later (:mod:`bnas.data.transforms`). Loaded data is cached in-process,
+keyed by dataset name, path and size, because the search and the retraining of one run load the same data.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from bnas.data.roots import resolve_root, root_origin
+from bnas.data.sources import DATASETS, DatasetInfo, RawArrays, clear_source_caches
+
+if TYPE_CHECKING:  # annotations only: bnas.config imports this package (DATASETS), not the reverse
+    from bnas.config import DataConfig
+
+
+@dataclass(frozen=True)
+class LoadedData:
+    """A whole dataset in memory at the configured resolution. Shared via the cache: never modify in place."""
+
+    train_images: torch.Tensor  # uint8, N x C x S x S
+    train_labels: torch.Tensor  # int64, N
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    classes: tuple[str, ...]
+    info: DatasetInfo
+    root: Path
+
+
+def _resize(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
+    """Resize a whole uint8 batch once (bilinear, antialiased) so that no item is resized per step."""
+    if tuple(images.shape[-2:]) == (size, size):
+        return images
+    out = torch.empty((images.shape[0], images.shape[1], size, size), dtype=torch.uint8)
+    for i in range(0, len(images), chunk):
+        x = images[i : i + chunk].float()
+        y = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        out[i : i + chunk] = y.round_().clamp_(0, 255).to(torch.uint8)
+    return out
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(name: str, root: str, image_size: int) -> LoadedData:
+    source = DATASETS.get(name)
+    arrays = source.read(Path(root), image_size)
+    arrays = RawArrays(
+        _resize(arrays.train_images, image_size),
+        arrays.train_labels,
+        _resize(arrays.test_images, image_size),
+        arrays.test_labels,
+        arrays.classes,
+    )
+    info = source.info_from(arrays, image_size)
+    return LoadedData(
+        arrays.train_images,
+        arrays.train_labels,
+        arrays.test_images,
+        arrays.test_labels,
+        arrays.classes,
+        info,
+        Path(root),
+    )
+
+
+def load_dataset(cfg: DataConfig) -> LoadedData:
+    """The whole dataset at ``cfg.image_size`` (cached in-process by dataset name, path and size).
+
+    Raises :class:`DatasetNotFoundError` (a ``FileNotFoundError``) when the files are missing and
+    ``cfg.download`` is false, and :class:`~bnas.registry.UnknownNameError` for an unknown dataset name.
+    """
+    source = DATASETS.get(cfg.dataset)
+    root = source.ensure(resolve_root(cfg), cfg.download, root_origin(cfg))
+    return _load_cached(cfg.dataset, str(root), int(cfg.image_size))
+
+
+def clear_cache() -> None:
+    """Forget every loaded dataset (tests; or to free memory)."""
+    _load_cached.cache_clear()
+    clear_source_caches()
+
+
+def get_info(cfg: DataConfig) -> DatasetInfo:
+    """Classes, channels and normalisation of ``cfg.dataset``.
+
+    CIFAR's constants need no file; ``folder`` loads its data (cached) to compute mean and std.
+    """
+    source = DATASETS.get(cfg.dataset)
+    info = source.static_info(int(cfg.image_size))
+    return info if info is not None else load_dataset(cfg).info

@@ -1,0 +1,374 @@
+"""Dataset sources: where each registered dataset's files are, how they are checked and read.
+
+Datasets are chosen by name through :data:`DATASETS`:
+
+* ``cifar10`` / ``cifar100`` -- torchvision's "python version" layouts ``<root>/cifar-10-batches-py/`` and
+  ``<root>/cifar-100-python/``, read straight from the pickles (much faster than torchvision's PIL-based
+  ``CIFAR10`` dataset). The official MD5 sums are checked for information only: a copy that differs
+  (such as the rebuilt copy in ``../shared/data``) is loaded with one :class:`DataIntegrityWarning`.
+* ``folder`` -- ``<root>/train/<class>/*.png|jpg`` and ``<root>/test/<class>/...`` (like ImageFolder).
+
+A source returns :class:`RawArrays` (uint8 ``N x 3 x H x W`` tensors per split, native resolution where it
+is uniform); what it reads is cached in-process by path, because the search and the retraining of one run
+read the same files. Resizing and the run-level cache live in :mod:`bnas.data.loading`.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import pickle
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bnas.data.roots import how_to_fix
+from bnas.registry import Registry
+
+# [P]/[C] CIFAR images are 32x32; pixel lengths of the augmentation are given at this side.
+NATIVE_CIFAR_SIZE = 32
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+class DataIntegrityWarning(UserWarning):
+    """The dataset files differ from the official release; they are loaded anyway."""
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The dataset is not where the configuration says; the message says where it looked and how to fix it."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model needs to know about its input: classes, channels and the normalisation constants."""
+
+    name: str
+    num_classes: int
+    in_channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    image_size: int = NATIVE_CIFAR_SIZE
+
+
+@dataclass(frozen=True)
+class RawArrays:
+    """What a source reads from disk, before resizing (native resolution where it is uniform)."""
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    classes: tuple[str, ...]
+
+
+class DatasetSource:
+    """One registered dataset: checks/fetches the files, reads them, and knows its constants."""
+
+    name: str = ""
+
+    def ensure(self, root: Path, download: bool, origin: str) -> Path:
+        """Return the effective root once the files are there; raise :class:`DatasetNotFoundError` if not."""
+        raise NotImplementedError
+
+    def read(self, root: Path, image_size: int) -> RawArrays:
+        """Read both splits into uint8 tensors (``image_size`` is only a hint for non-uniform images)."""
+        raise NotImplementedError
+
+    def static_info(self, image_size: int) -> DatasetInfo | None:
+        """The info without reading any file, when the constants are fixed (None: must load)."""
+        return None
+
+    def info_from(self, arrays: RawArrays, image_size: int) -> DatasetInfo:
+        """The info of loaded data; by default the static one."""
+        info = self.static_info(image_size)
+        assert info is not None, f"{type(self).__name__} must override info_from"
+        return info
+
+
+DATASETS: Registry[DatasetSource] = Registry("dataset")
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _unpickle(path: Path) -> dict[str, Any]:
+    """Load a CIFAR pickle; the official files are Python 2 pickles whose keys come back as bytes."""
+    with open(path, "rb") as f:
+        d = pickle.load(f, encoding="bytes")
+    return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in d.items()}
+
+
+class _CifarSource(DatasetSource):
+    """CIFAR-10/100 in torchvision's "python version" layout, read straight from the pickles."""
+
+    def __init__(
+        self,
+        name: str,
+        title: str,
+        torchvision_class: str,
+        num_classes: int,
+        label_key: str,
+        mean: tuple[float, float, float],
+        std: tuple[float, float, float],
+    ) -> None:
+        import torchvision.datasets as tvd
+
+        self.name, self.title, self.num_classes, self.label_key = name, title, num_classes, label_key
+        self.mean, self.std = mean, std
+        # The official file names and MD5 sums come from torchvision, the single source of truth.
+        self.tv_class = getattr(tvd, torchvision_class)
+        self.folder: str = self.tv_class.base_folder
+        self.train_files = [f for f, _ in self.tv_class.train_list]
+        self.test_files = [f for f, _ in self.tv_class.test_list]
+        self.meta_file: str = self.tv_class.meta["filename"]
+        self.meta_key: str = self.tv_class.meta["key"]
+        self.md5 = dict(self.tv_class.train_list + self.tv_class.test_list)
+        self.md5[self.meta_file] = self.tv_class.meta["md5"]
+
+    def _missing(self, root: Path) -> list[str]:
+        return [f for f in self.train_files + self.test_files if not (root / self.folder / f).is_file()]
+
+    def layout(self) -> str:
+        files = ", ".join(self.train_files + self.test_files + [self.meta_file])
+        return f"<root>/{self.folder}/{{{files}}} (torchvision's 'python version' pickles)"
+
+    def ensure(self, root: Path, download: bool, origin: str) -> Path:
+        # Users often point at the inner folder itself; accept that too.
+        if root.name == self.folder and not self._missing(root.parent):
+            return root.parent
+        missing = self._missing(root)
+        if not missing:
+            return root
+        if download:
+            try:
+                self.tv_class(str(root), train=True, download=True)
+            except Exception as e:  # no internet, disk full, ...: say what we tried
+                raise DatasetNotFoundError(
+                    f"{self.title}: download into {root} failed ({type(e).__name__}: {e}). "
+                    + how_to_fix(f", i.e. the folder that contains {self.folder}/")
+                ) from e
+            if not self._missing(root):
+                return root
+        raise DatasetNotFoundError(
+            f"{self.title} not found: looked in {root / self.folder} (root {root}, taken from {origin}); "
+            f"missing: {', '.join(missing)}. Expected layout: {self.layout()}. "
+            + how_to_fix(f", i.e. the folder that contains {self.folder}/")
+            + " Or set data.download: true on a machine with internet access to fetch the official archive."
+        )
+
+    def _verify(self, root: Path) -> None:
+        """Compare with the official MD5 sums; a mismatch is reported once and the files are used anyway."""
+        differ = [
+            f
+            for f, md5 in self.md5.items()
+            if (root / self.folder / f).is_file() and _md5(root / self.folder / f) != md5
+        ]
+        if differ:
+            warnings.warn(
+                f"{self.title} at {root / self.folder}: {len(differ)} file(s) ({', '.join(differ)}) "
+                f"do not match the official MD5 sums; this copy differs from the official release "
+                f"and is loaded anyway. Results measured on it are not exactly comparable to official "
+                f"{self.title} numbers.",
+                DataIntegrityWarning,
+                stacklevel=3,
+            )
+
+    def read(self, root: Path, image_size: int) -> RawArrays:
+        return _read_cifar_cached(self.name, str(root))
+
+    def read_uncached(self, root: Path) -> RawArrays:
+        self._verify(root)
+        base = root / self.folder
+
+        def split(files: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+            parts = [_unpickle(base / f) for f in files]
+            data = np.concatenate([np.asarray(p["data"], dtype=np.uint8) for p in parts])
+            labels = np.concatenate([np.asarray(p[self.label_key], dtype=np.int64) for p in parts])
+            # Rows are 3072 bytes: the R, G and B planes of a 32x32 image, one after another.
+            images = torch.from_numpy(
+                np.ascontiguousarray(data.reshape(-1, 3, NATIVE_CIFAR_SIZE, NATIVE_CIFAR_SIZE))
+            )
+            return images, torch.from_numpy(labels)
+
+        train_x, train_y = split(self.train_files)
+        test_x, test_y = split(self.test_files)
+        for which, y in (("training", train_y), ("test", test_y)):
+            if len(y) and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
+                raise ValueError(
+                    f"{self.title} at {base}: {which} labels lie in [{int(y.min())}, {int(y.max())}], "
+                    f"expected [0, {self.num_classes - 1}]"
+                )
+        classes: tuple[str, ...] = tuple(f"class_{i}" for i in range(self.num_classes))
+        if (base / self.meta_file).is_file():
+            names = _unpickle(base / self.meta_file).get(self.meta_key, [])
+            names = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+            classes = tuple(names) + classes[len(names) :]
+        return RawArrays(train_x, train_y, test_x, test_y, classes[: self.num_classes])
+
+    def static_info(self, image_size: int) -> DatasetInfo:
+        return DatasetInfo(self.name, self.num_classes, 3, self.mean, self.std, image_size)
+
+
+@functools.lru_cache(maxsize=2)
+def _read_cifar_cached(name: str, root: str) -> RawArrays:
+    """Native-resolution CIFAR arrays, cached by path (the search and the retraining share them)."""
+    source = DATASETS.get(name)
+    assert isinstance(source, _CifarSource)
+    return source.read_uncached(Path(root))
+
+
+def _to_square(img: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize the shorter side to ``size`` and centre-crop: keeps the aspect ratio of odd-sized images."""
+    import torchvision.transforms.v2.functional as TF
+
+    return TF.center_crop(TF.resize(img, [size], antialias=True), [size, size])
+
+
+class _FolderSource(DatasetSource):
+    """``<root>/train/<class>/*.png|jpg`` and ``<root>/test/<class>/...``; class names are the sub-folders."""
+
+    name = "folder"
+    layout = "<root>/train/<class>/*.png|jpg|jpeg and <root>/test/<class>/*.png|jpg|jpeg"
+
+    @staticmethod
+    def _files(split_dir: Path) -> dict[str, list[Path]]:
+        return {
+            d.name: sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            for d in sorted(split_dir.iterdir())
+            if d.is_dir()
+        }
+
+    def ensure(self, root: Path, download: bool, origin: str) -> Path:
+        note = " (data.download does not apply to the folder dataset)" if download else ""
+        for split in ("train", "test"):
+            if not (root / split).is_dir():
+                raise DatasetNotFoundError(
+                    f"folder dataset: no {split}/ sub-folder in {root} (root taken from {origin}){note}. "
+                    f"Expected layout: {self.layout}. "
+                    + how_to_fix(", i.e. the folder that contains train/ and test/")
+                )
+        train = self._files(root / "train")
+        if not train or not any(train.values()):
+            raise DatasetNotFoundError(
+                f"folder dataset: no images in {root / 'train'}; expected layout: {self.layout}. "
+                + how_to_fix()
+            )
+        empty = [c for c, files in train.items() if not files]
+        if empty:
+            raise DatasetNotFoundError(
+                f"folder dataset: class folder(s) {', '.join(empty)} under {root / 'train'} hold no "
+                f"{'/'.join(IMAGE_SUFFIXES)} images; remove them or add images"
+            )
+        unknown = sorted(set(self._files(root / "test")) - set(train))
+        if unknown:
+            raise ValueError(
+                f"folder dataset: {root / 'test'} has class folder(s) {', '.join(unknown)} that "
+                f"{root / 'train'} lacks; the test classes must be a subset of the training classes"
+            )
+        return root
+
+    def read(self, root: Path, image_size: int) -> RawArrays:
+        return _read_folder_cached(str(root), image_size)
+
+    def read_uncached(self, root: Path, image_size: int) -> RawArrays:
+        from PIL import Image  # a torchvision dependency; torchvision.io's decoders are deprecated
+
+        classes = tuple(self._files(root / "train"))
+        index = {c: i for i, c in enumerate(classes)}
+
+        def split(name: str) -> tuple[list[torch.Tensor], list[int]]:
+            imgs, labels = [], []
+            for cls, files in self._files(root / name).items():
+                for p in files:
+                    # Grayscale, palette and RGBA files all become 3-channel RGB, so every image stacks.
+                    with Image.open(p) as im:
+                        arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+                    imgs.append(torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous())
+                    labels.append(index[cls])
+            return imgs, labels
+
+        (tr_imgs, tr_y), (te_imgs, te_y) = split("train"), split("test")
+        shapes = {tuple(t.shape[-2:]) for t in tr_imgs + te_imgs}
+        if len(shapes) != 1 or len({*next(iter(shapes))}) != 1:
+            # Mixed or non-square sizes: bring each image to the configured side now, once.
+            tr_imgs = [_to_square(t, image_size) for t in tr_imgs]
+            te_imgs = [_to_square(t, image_size) for t in te_imgs]
+        side = tr_imgs[0].shape[-1]
+
+        def stack(imgs: list[torch.Tensor]) -> torch.Tensor:
+            return torch.stack(imgs) if imgs else torch.empty((0, 3, side, side), dtype=torch.uint8)
+
+        return RawArrays(
+            stack(tr_imgs),
+            torch.tensor(tr_y, dtype=torch.int64),
+            stack(te_imgs),
+            torch.tensor(te_y, dtype=torch.int64),
+            classes,
+        )
+
+    def info_from(self, arrays: RawArrays, image_size: int) -> DatasetInfo:
+        # No published constants: normalise with the statistics of the (resized) training images.
+        mean, std = _channel_stats(arrays.train_images)
+        return DatasetInfo(
+            self.name, len(arrays.classes), arrays.train_images.shape[1], mean, std, image_size
+        )
+
+
+@functools.lru_cache(maxsize=2)
+def _read_folder_cached(root: str, image_size: int) -> RawArrays:
+    source = DATASETS.get("folder")
+    assert isinstance(source, _FolderSource)
+    return source.read_uncached(Path(root), image_size)
+
+
+def _channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std in [0, 1] units, accumulated in float64 over chunks (bounded memory)."""
+    c = images.shape[1]
+    s = torch.zeros(c, dtype=torch.float64)
+    sq = torch.zeros(c, dtype=torch.float64)
+    for i in range(0, len(images), chunk):
+        x = images[i : i + chunk].to(torch.float64) / 255.0
+        s += x.sum(dim=(0, 2, 3))
+        sq += (x * x).sum(dim=(0, 2, 3))
+    n = max(1, images.shape[0] * images.shape[2] * images.shape[3])
+    mean = s / n
+    std = (sq / n - mean * mean).clamp_min(1e-12).sqrt()
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def clear_source_caches() -> None:
+    """Forget every array read from disk (see :func:`bnas.data.loading.clear_cache`)."""
+    _read_cifar_cached.cache_clear()
+    _read_folder_cached.cache_clear()
+
+
+# [C] Per-channel mean and std of the CIFAR-10 training set as in DARTS' utils.py (rounded to 4 places);
+# [R] CIFAR-100's are the values commonly used in the CIFAR-100 literature.
+DATASETS.add(
+    "cifar10",
+    _CifarSource(
+        "cifar10", "CIFAR-10", "CIFAR10", 10, "labels", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    ),
+)
+DATASETS.add(
+    "cifar100",
+    _CifarSource(
+        "cifar100",
+        "CIFAR-100",
+        "CIFAR100",
+        100,
+        "fine_labels",
+        (0.5071, 0.4865, 0.4409),
+        (0.2673, 0.2564, 0.2762),
+    ),
+)
+DATASETS.add("folder", _FolderSource())

@@ -1,0 +1,42 @@
+"""Errors that every layer of the project raises; no project imports, so any module may use them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+#: One configuration problem: the dotted key it concerns (None for the file as a whole) and what is
+#: wrong with it, naming the value and what would be valid.
+Problem = tuple[str | None, str]
+
+
+class ConfigError(ValueError):
+    """Configuration problems, one line each: ``<file>: <key>: <what is wrong and what is valid>``.
+
+    ``problems`` lists every ``(key, message)`` found together (a file is checked as a whole);
+    ``key`` and ``problem`` are those of the first one, ``source`` names the file (or object).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        source: str | None = None,
+        key: str | None = None,
+        *,
+        problems: Sequence[Problem] | None = None,
+    ) -> None:
+        self.source = source
+        self.problems: list[Problem] = list(problems) if problems else [(key, message)]
+        self.key, self.problem = self.problems[0]
+        lines = [": ".join(p for p in (source, k, m) if p) for k, m in self.problems]
+        super().__init__("\n".join(lines))
+
+    def __reduce__(self) -> tuple:  # keep the problems when the error crosses processes (Ray workers)
+        return (type(self).collect, (self.problems, self.source))
+
+    @classmethod
+    def collect(cls, problems: Sequence[Problem], source: str | None = None) -> ConfigError:
+        """One error reporting all of ``problems`` (which must not be empty)."""
+        if not problems:
+            raise ValueError("ConfigError.collect needs at least one problem")
+        key, message = problems[0]
+        return cls(message, source, key, problems=problems)
