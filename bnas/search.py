@@ -117,19 +117,28 @@ def batch_statistics(net: nn.Module) -> Iterator[None]:
 
     During search the running statistics mix every candidate operation and every sampled
     sub-network, so they describe no single architecture; batch statistics do (a common one-shot
-    NAS practice). Momentum 0 keeps ``running = (1 - 0) * running``.
+    NAS practice). Momentum 0 keeps ``running = (1 - 0) * running``. Every module is in eval mode
+    but the BNs; on leaving, every module gets its mode back.
+
+    The flags are set directly, as ``net.eval()`` and ``bn.train()`` would leave them (no module of the
+    super-network overrides ``train()``): on a CPU-sized super-network of thousands of modules, the
+    recursive calls and ``Module.__setattr__`` cost more than a small validation pass.
     """
-    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [(m.training, m.momentum) for m in bns]
-    net.eval()
-    for m in bns:  # BN has no children: setting the flag is what its train() does, without the call
-        m.training = True
+    modules = list(net.modules())
+    bns = [m for m in modules if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    modes, momenta = [m.training for m in modules], [m.momentum for m in bns]
+    for m in modules:
+        object.__setattr__(m, "training", False)
+    for m in bns:
+        object.__setattr__(m, "training", True)
         m.momentum = 0.0
     try:
         yield
     finally:
-        for m, (tr, mom) in zip(bns, saved, strict=True):
-            m.training, m.momentum = tr, mom
+        for m, mode in zip(modules, modes, strict=True):
+            object.__setattr__(m, "training", mode)
+        for m, mom in zip(bns, momenta, strict=True):
+            m.momentum = mom
 
 
 class Search:
@@ -250,7 +259,8 @@ class Search:
                 logits = self.fast(net, x, selection)
                 loss_m.update(F.cross_entropy(logits, y).item(), len(y))
                 acc_m.update(accuracy(logits, y)[0], len(y))
-        net.train()
+        if not net.training:  # the search trains between evaluations (the net is in train mode)
+            net.train()
         return loss_m.avg, acc_m.avg
 
     # ------------------------------------------------------------------ one super-network epoch
@@ -321,7 +331,8 @@ class Search:
         rc = self.cfg.reduction
         sub_loader = self._subnet_loader()
         with self.timer("subnet_train"):
-            self.state.net.train()
+            if not self.state.net.training:  # evaluate() leaves it training
+                self.state.net.train()
             for _ in range(rc.subnet_epochs):
                 for x, y in timed_batches(sub_loader, self.timer, self.device, rc.subnet_max_batches):
                     self._weight_step(x, y, selection)

@@ -215,6 +215,7 @@ def test_too_many_stages_is_refused(cifar_root: Path) -> None:
     config_from_dict(micro_cfg(cifar_root, reduction__stages=3, reduction__strategy="none"))
 
 
+@pytest.mark.slow
 def test_tiny_search_config_runs_end_to_end_from_the_command_line(cifar_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "tiny"
     proc = subprocess.run(

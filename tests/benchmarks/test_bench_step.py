@@ -32,7 +32,7 @@ def test_table_ratios_and_profile(
     rows = json.loads(next(line for line in out.splitlines() if line.startswith("{")))["results"]
     by = {r["variant"]: r for r in rows}
     assert set(by) == {"fp:2", "xnor:2", "pcnn:4"}
-    assert by["fp:2"]["ratio_to_fp"] == {"median": 1.0, "min": 1.0, "paired": 1.0}
+    assert by["fp:2"]["ratio_to_fp"] == pytest.approx({"median": 1.0, "min": 1.0, "paired": 1.0}, rel=1e-12)
     assert by["xnor:2"]["ratio_to_fp"]["paired"] > 0
     assert by["pcnn:4"]["ratio_to_fp"]["median"] is None  # no fp at K=4 in this run
     assert "profile of xnor:2" in out and "Self CPU" in out

@@ -7,10 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_cpu_profile_in_miniature(cifar_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "evidence"
     proc = subprocess.run(
