@@ -61,6 +61,17 @@ _RETRAIN_FLAGS = {
 }
 
 
+def _add_set(parser: argparse.ArgumentParser, example: str) -> None:
+    """The repeatable ``--set KEY=VALUE`` override of the search and retrain commands."""
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override one setting, e.g. --set {example} (repeatable)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bnas", description="Binarized Neural Architecture Search (core)."
@@ -76,13 +87,7 @@ def _parser() -> argparse.ArgumentParser:
         "--genotype", required=True, help="reference name (e.g. bnas_xnor) or a genotype JSON file"
     )
     r.add_argument("--config", help="experiment YAML (defaults when omitted)")
-    r.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a setting, e.g. --set retrain.lr=0.05 (repeatable)",
-    )
+    _add_set(r, "retrain.lr=0.05")
     r.add_argument("--binarization", help="xnor, xnor_channel, pcnn or fp")
     r.add_argument("--activations", choices=["real", "binary"], help="real (w1a32) or binary (w1a1)")
     r.add_argument("--channels", type=int, help="initial channels C")
@@ -123,13 +128,7 @@ def _parser() -> argparse.ArgumentParser:
         "resumes from --out's checkpoint when it holds one of the same run.",
     )
     q.add_argument("--config", help="YAML experiment file (see configs/); defaults apply when omitted")
-    q.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one setting, e.g. --set search.sampling_k=4 (repeatable)",
-    )
+    _add_set(q, "search.sampling_k=4")
     q.add_argument("--data-root", help=DATA_ROOT_HELP)
     q.add_argument("--device", help="auto, cpu, cuda or cuda:N (sets device)")
     q.add_argument(

@@ -39,3 +39,15 @@ def _one_torch_thread() -> None:
 # platform tests; they are registered here so the analysis tests reuse the same smoke study.
 sys.path.insert(0, str(Path(__file__).resolve().parent / "platform"))
 from platform_fixtures import ray_head, smoke_study  # noqa: E402, F401  (pytest fixtures)
+
+_NOT_CORE = ("platform", "analysis", "benchmarks")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test of the core (not under tests/platform, tests/analysis, tests/benchmarks) ``core``:
+    the fast tier is ``python -m pytest -q -m "core and not slow"`` (no Ray, no MLflow, no study)."""
+    tests_dir = Path(__file__).resolve().parent
+    for item in items:
+        rel = Path(str(item.fspath)).resolve().relative_to(tests_dir)
+        if rel.parts[0] not in _NOT_CORE:
+            item.add_marker(pytest.mark.core)

@@ -244,6 +244,7 @@ def test_compile_wrapper_compiles_plain_passes_once_until_forgotten() -> None:
     assert len(comp.compiled) == 2
 
 
+@pytest.mark.slow
 def test_real_compile_recompiles_after_a_reduction() -> None:
     """torch.compile with the eager backend (Dynamo tracing, no code generation: seconds on a CPU)."""
     torch.manual_seed(0)
@@ -266,6 +267,7 @@ def test_real_compile_recompiles_after_a_reduction() -> None:
 
 
 # ------------------------------------------------------------------------------- end to end
+@pytest.mark.slow
 def test_tiny_search_runs_with_every_speed_up_forced_on(
     cifar_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -21,6 +21,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_summary_prints_one_json_object() -> None:
     p = _run(
         "summary", "--genotype", "bnas_xnor", "--channels", "8", "--layers", "5", "--binarization", "xnor"
@@ -32,6 +33,7 @@ def test_summary_prints_one_json_object() -> None:
     assert report["packed_bytes"] < report["fp32_bytes"]
 
 
+@pytest.mark.slow
 def test_bad_genotype_name_exits_2_with_a_message() -> None:
     p = _run("summary", "--genotype", "bnas_xnr", "--channels", "8", "--layers", "5")
     assert p.returncode == 2
@@ -159,6 +161,7 @@ def test_search_on_another_runs_folder_exits_2_and_no_resume_starts_over(
     assert json.loads(capsys.readouterr().out)["digest"] == result["digest"]
 
 
+@pytest.mark.slow
 def test_search_mismatch_from_a_shell_prints_no_traceback(tmp_path: Path) -> None:
     from bnas.training import RunFolder
 

@@ -94,6 +94,7 @@ def test_library_never_reads_the_environment(tmp_path: Path, monkeypatch: pytest
     assert str(tmp_path / "data") in str(exc.value) and str(tmp_path / "bogus") not in str(exc.value)
 
 
+@pytest.mark.slow
 def test_data_package_has_no_environment_or_config_dependency() -> None:
     """No os.environ / getenv in the source, and importing it does not import bnas.config (a cycle)."""
     for path in sorted((REPO / "bnas" / "data").glob("*.py")):

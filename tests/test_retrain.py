@@ -187,6 +187,7 @@ def test_cuda_on_a_cpu_machine_fails_before_any_work(fake_cifar_root: Path, tmp_
     assert not (tmp_path / "out" / "checkpoint.pt").exists()
 
 
+@pytest.mark.slow
 def test_retraining_learns(
     cifar_root: Path, fake_cifar_root: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:

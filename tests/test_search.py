@@ -265,6 +265,7 @@ def six_epochs(root: Path, **over) -> dict:
     )
 
 
+@pytest.mark.slow
 def test_speed_settings_are_listed_with_defaults_that_keep_todays_behaviour() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "bnas", "settings"], cwd=REPO, capture_output=True, text=True, timeout=120
@@ -307,6 +308,7 @@ class _CountBatches:
         return [n for k, n in self.calls if k == kind]
 
 
+@pytest.mark.slow
 def test_validate_every_skips_validation_and_changes_nothing_else(
     cifar_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -381,6 +383,7 @@ def straight_six(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory):
     return run_search(cfg, tmp_path_factory.mktemp("straight"), log=None)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "kill",
     [
@@ -423,6 +426,7 @@ def test_checkpoint_every_resumes_to_the_identical_search_wherever_it_is_killed(
     assert _untimed(lines) == _untimed(straight_six.metrics)  # each epoch once
 
 
+@pytest.mark.slow
 def test_checkpoint_every_writes_fewer_checkpoints_and_always_one_after_a_reduction(
     cifar_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

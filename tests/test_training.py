@@ -210,6 +210,7 @@ def test_unreadable_or_identity_less_checkpoints_are_refused(
         RunFolder(tmp_path, {"seed": 0}).read_checkpoint()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_metrics_never_hold_an_epoch_twice(kind: str, fake_cifar_root: Path, tmp_path: Path) -> None:
     cfg = _cfg(fake_cifar_root)
@@ -305,6 +306,7 @@ def test_an_epoch_between_checkpoints_writes_only_the_metrics(tmp_path: Path) ->
     assert _epochs(tmp_path) == [1, 2]
 
 
+@pytest.mark.slow
 def test_skipping_the_batch_past_the_cap_changes_nothing(
     fake_cifar_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
