@@ -299,6 +299,7 @@ def test_tiny_search_runs_with_every_speed_up_forced_on(
     ]
 
 
+@pytest.mark.slow
 def test_a_search_checkpoint_resumes_with_other_runtime_settings(cifar_root: Path, tmp_path: Path) -> None:
     from bnas.config import config_from_dict
 

@@ -338,6 +338,7 @@ def test_validate_every_skips_validation_and_changes_nothing_else(
     assert last.final["supernet_val_acc"] == last.metrics[-1]["val_acc"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "over,validation,subnet",
     [

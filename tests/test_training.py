@@ -253,6 +253,7 @@ def test_phase_timer_charges_each_second_to_the_innermost_phase() -> None:
         pass
 
 
+@pytest.mark.slow
 def test_search_reports_phase_times_that_add_up_to_its_wall_time(
     fake_cifar_root: Path, tmp_path: Path
 ) -> None:
