@@ -43,7 +43,7 @@ from bnas.accel import FastPath
 from bnas.architect import Architect
 from bnas.binarization import BinarySpec, projection_loss, reset_projection_terms
 from bnas.config import ConfigError, ExperimentConfig
-from bnas.data import reseed_loader, search_loaders
+from bnas.data import reseed_loader, search_loaders, search_train_loader
 from bnas.genotype import Genotype, derive_genotype
 from bnas.reduction import ReductionContext, make_strategy
 from bnas.runtime import (
@@ -320,7 +320,7 @@ class Search:
         """The sampled sub-networks' train loader (their own batch size), made on first use."""
         if self.sub_loader is None:
             with self.timer("data"):
-                self.sub_loader, _, _ = search_loaders(
+                self.sub_loader = search_train_loader(
                     self.cfg.data, self.cfg.reduction.subnet_batch_size, self.cfg.seed, self.device,
                     self.fast.placement,
                 )

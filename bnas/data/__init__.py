@@ -19,7 +19,13 @@ imports :mod:`bnas.config` (which imports :data:`DATASETS`).
 
 from bnas.data.cifar_writer import write_cifar10, write_cifar10_subset
 from bnas.data.device_loader import DataPlacement, DeviceAugment, DeviceLoader
-from bnas.data.loaders import ImageTensorDataset, reseed_loader, retrain_loaders, search_loaders
+from bnas.data.loaders import (
+    ImageTensorDataset,
+    reseed_loader,
+    retrain_loaders,
+    search_loaders,
+    search_train_loader,
+)
 from bnas.data.loading import LoadedData, clear_cache, get_info, load_dataset
 from bnas.data.roots import DEFAULT_ROOT, ENV_ROOT, resolve_data_root, resolve_root
 from bnas.data.sources import (
@@ -56,6 +62,7 @@ __all__ = [
     "resolve_root",
     "retrain_loaders",
     "search_loaders",
+    "search_train_loader",
     "search_split",
     "test_indices",
     "train_indices",

@@ -108,6 +108,40 @@ def reseed_loader(loader: DataLoader, order_seed: int, augment_seed: int) -> Non
         loader.dataset.reseed(augment_seed)
 
 
+#: The (augmentation, order) seed streams of the search's two splits (see :func:`_derive`).
+_SEARCH_STREAMS = {"train": (1, 3), "val": (2, 4)}
+
+
+def _search_loader(
+    split: str,
+    cfg: DataConfig,
+    batch_size: int,
+    seed: int,
+    device: torch.device | None,
+    placement: DataPlacement | None,
+) -> tuple[DataLoader | DeviceLoader, DatasetInfo]:
+    """One split (``train`` or ``val``) of the search split, with that split's own seed streams.
+
+    Whether the images go to the device is decided for the whole search split (both halves), so
+    every loader of a search lands in the same place whichever split it serves.
+    """
+    data = load_dataset(cfg)
+    train_idx, val_idx = search_split(cfg, seed)
+    idx = train_idx if split == "train" else val_idx
+    aug = TrainTransform.for_size(data.info, cfg.image_size)
+    aug_stream, order_stream = _SEARCH_STREAMS[split]
+    if placement is not None and placement.on_device(
+        device, uint8_bytes(data.train_images, [train_idx, val_idx])
+    ):
+        x, y = data.train_images, data.train_labels
+        loader = device_loader(
+            x, y, idx, aug, device, batch_size, True, _derive(seed, aug_stream), _derive(seed, order_stream)
+        )
+        return loader, data.info
+    ds = ImageTensorDataset(data.train_images, data.train_labels, idx, aug, _derive(seed, aug_stream))
+    return _loader(ds, batch_size, True, _derive(seed, order_stream), cfg, device), data.info
+
+
 def search_loaders(
     cfg: DataConfig,
     batch_size: int,
@@ -120,25 +154,21 @@ def search_loaders(
     With a ``placement`` that puts the images on ``device``, both are :class:`DeviceLoader` objects
     (same seeds, batches built on the device; see :mod:`bnas.data.device_loader`).
     """
-    data = load_dataset(cfg)
-    train_idx, val_idx = search_split(cfg, seed)
-    aug = TrainTransform.for_size(data.info, cfg.image_size)
-    if placement is not None and placement.on_device(
-        device, uint8_bytes(data.train_images, [train_idx, val_idx])
-    ):
-        x, y = data.train_images, data.train_labels
-        return (
-            device_loader(x, y, train_idx, aug, device, batch_size, True, _derive(seed, 1), _derive(seed, 3)),
-            device_loader(x, y, val_idx, aug, device, batch_size, True, _derive(seed, 2), _derive(seed, 4)),
-            data.info,
-        )
-    train_ds = ImageTensorDataset(data.train_images, data.train_labels, train_idx, aug, _derive(seed, 1))
-    val_ds = ImageTensorDataset(data.train_images, data.train_labels, val_idx, aug, _derive(seed, 2))
-    return (
-        _loader(train_ds, batch_size, True, _derive(seed, 3), cfg, device),
-        _loader(val_ds, batch_size, True, _derive(seed, 4), cfg, device),
-        data.info,
-    )
+    train, info = _search_loader("train", cfg, batch_size, seed, device, placement)
+    val, _ = _search_loader("val", cfg, batch_size, seed, device, placement)
+    return train, val, info
+
+
+def search_train_loader(
+    cfg: DataConfig,
+    batch_size: int,
+    seed: int,
+    device: torch.device | None = None,
+    placement: DataPlacement | None = None,
+) -> DataLoader | DeviceLoader:
+    """The train half of the search split alone, at another batch size (the sampled sub-networks'):
+    the same loader :func:`search_loaders` would return first, without building the validation one."""
+    return _search_loader("train", cfg, batch_size, seed, device, placement)[0]
 
 
 def retrain_loaders(
@@ -159,8 +189,8 @@ def retrain_loaders(
     """
     data = load_dataset(cfg)
     aug = TrainTransform.for_size(data.info, cfg.image_size, cutout=cutout, autoaugment=autoaugment)
+    train_idx, test_idx = train_indices(cfg), test_indices(cfg)
     if placement is not None:
-        train_idx, test_idx = train_indices(cfg), test_indices(cfg)
         nbytes = uint8_bytes(data.train_images, [train_idx]) + uint8_bytes(data.test_images, [test_idx])
         if placement.on_device(device, nbytes, autoaugment):
             norm = EvalTransform(data.info.mean, data.info.std)
@@ -171,11 +201,9 @@ def retrain_loaders(
                               False, 0, _derive(seed, 7)),
                 data.info,
             )
-    train_ds = ImageTensorDataset(
-        data.train_images, data.train_labels, train_indices(cfg), aug, _derive(seed, 5)
-    )
+    train_ds = ImageTensorDataset(data.train_images, data.train_labels, train_idx, aug, _derive(seed, 5))
     test_ds = ImageTensorDataset(
-        data.test_images, data.test_labels, test_indices(cfg), EvalTransform(data.info.mean, data.info.std)
+        data.test_images, data.test_labels, test_idx, EvalTransform(data.info.mean, data.info.std)
     )
     return (
         _loader(train_ds, batch_size, True, _derive(seed, 6), cfg, device),
