@@ -4,12 +4,16 @@ A study is a YAML file in ``tune_configs/`` (``--list`` shows them). The search 
 trial per BNAS search, the retraining stage retrains the best derived genotypes; everything is
 recorded in MLflow (default: ``./mlflow.db``, MLflow's own default store, so ``mlflow ui`` started in
 this folder shows it). Study output (Ray results, Optuna study, run-id map) goes to
-``./bnas_runs/<study>/`` unless ``--out`` says otherwise.
+``./bnas_runs/<name>/`` unless ``--out`` says otherwise; the name is the study file's unless ``--name``
+gives the run its own (one name holds one study: the same name with other data or settings is
+refused). Where no data root is named, CIFAR-10 is downloaded into ``./data`` if missing.
 
 Examples::
 
     python run.py --list
-    python run.py --study bnas_smoke --data-root ../shared/data
+    python run.py --study bnas_smoke                              # fetches CIFAR-10 into ./data
+    python run.py --study bnas_smoke --data-root ../shared/data   # offline, with a copy
+    python run.py --study bnas_smoke --name smoke_own --set fixed.data.dataset=folder --data-root DIR
     python run.py --study bnas_smoke --resume                     # after a crash
     python run.py --study bnas_smoke --stage retrain              # retrain a finished study again
     python run.py --study bnas_cifar --address 10.0.0.1:6379 --mlflow-uri http://10.0.0.1:5000
@@ -22,6 +26,7 @@ trial, folder or run is created.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -59,7 +64,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="continue the interrupted trials of the last run of this study folder",
     )
-    p.add_argument("--out", help="study folder (default ./bnas_runs/<study>)")
+    p.add_argument(
+        "--name",
+        help="name of this study run (default: the study file's name): its MLflow experiment bnas/<name>, "
+        "its folder ./bnas_runs/<name> and its Optuna study. One name holds one study: the same name "
+        "with other data or settings is refused",
+    )
+    p.add_argument("--out", help="study folder (default ./bnas_runs/<name>)")
     p.add_argument(
         "--data-root",
         help="dataset folder (default $BNAS_DATA_ROOT, else the study's data.root, else ./data)",
@@ -73,22 +84,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--no-dashboard", action="store_true", help="do not start the Ray dashboard (local cluster)"
     )
-    p.add_argument("--check", action="store_true", help="validate the study (and the dataset) and exit")
-    p.add_argument("--quiet", action="store_true", help="no per-trial progress, only the platform's lines")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="run every check a run makes (study, dataset, store, per-trial resources against the "
+        "cluster, without starting Ray) and exit",
+    )
+    p.add_argument(
+        "--quiet", action="store_true", help="one line per finished trial instead of one per trial epoch"
+    )
+    p.add_argument(
+        "--ray-logs",
+        action="store_true",
+        help="show Ray's and Tune's own output and every trial's console (off: one progress line per "
+        "trial epoch, from the driver)",
+    )
     return p.parse_args(argv)
 
 
 def _load_study(args: argparse.Namespace) -> StudySpec:
     """The study with its data root: ``--data-root``, else ``$BNAS_DATA_ROOT``, else the study's
-    ``data.root``, else ``./data`` (:func:`bnas.data.resolve_data_root`, the one precedence)."""
-    from bnas.data import resolve_data_root
+    ``data.root``, else ``./data`` (:func:`bnas.data.resolve_data_root`, the one precedence); renamed
+    by ``--name``.
+
+    Where no root is named anywhere (the default ``./data``), a missing CIFAR dataset is downloaded
+    there (``data.download``: torchvision, official checksums): a first run on a machine with internet
+    just works. A named root is never downloaded into unless the study says ``data.download: true``,
+    so a mistyped path is an error, not a 170 MB download into it.
+    """
+    from bnas.data import DEFAULT_ROOT, resolve_data_root
+    from bnas.platform.identity import check_name
     from bnas.platform.study import load_study
 
-    spec = load_study(args.study, args.overrides)  # data.root: the study's, else ./data (absolute)
+    overrides = list(args.overrides)
+    spec = load_study(args.study, overrides)  # data.root: the study's, else ./data (absolute)
     configured = spec.base_config.data.root
     root = resolve_data_root(args.data_root, configured, os.environ)
-    if configured is None or root != Path(configured):
-        spec = load_study(args.study, args.overrides, data_root=root)
+    if root == Path(DEFAULT_ROOT).resolve() and not spec.base_config.data.download:
+        overrides.append("fixed.data.download=true")  # nothing named a root: ./data, fetched if missing
+    spec = load_study(args.study, overrides, data_root=root)
+    if args.name is not None:
+        spec = dataclasses.replace(spec, name=check_name(args.name))
     return spec
 
 
@@ -97,6 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     # Before Ray is imported anywhere: no usage statistics leave this machine.
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if not args.ray_logs:
+        # The console is the driver's progress lines (bnas.platform.callbacks). Tune's newer console
+        # output prints its configuration table and TensorBoard hints even at verbose=0; the classic
+        # reporter is silent at 0. MLflow's INFO lines (database creation) are noise to a study.
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     # Also before Ray is imported (it reads its auth mode once, at import):
     address = args.address or os.environ.get("RAY_ADDRESS")
     if (
@@ -137,9 +179,10 @@ def main(argv: list[str] | None = None) -> int:
             address=address,
             dashboard=not args.no_dashboard,
             verbose=not args.quiet,
+            ray_logs=args.ray_logs,
         )
         if args.check:
-            preflight(spec, opts)
+            preflight(spec, opts, log=print)
             print(f"{spec.source}: ok ({len(spec.space.params)} sampled setting(s), {spec.trials} trial(s))")
             for p in spec.space.params:
                 print(f"  {p.describe()}")

@@ -99,6 +99,13 @@ def plot_pareto(points: pd.DataFrame, acc_label: str = "retrained test accuracy"
         ax.set_xscale("log")
     ax.set_xlabel("packed model size (KiB: 1 bit per binary weight, 32 bits for the rest)")
     ax.set_ylabel(acc_label)
+    # Accuracies that differ only in float noise (1e-9, e.g. all at chance) would otherwise get an
+    # axis offset ("+1e-1") and look like a spread: show plain values, widened to at least 0.02.
+    ax.ticklabel_format(axis="y", useOffset=False, style="plain")
+    lo, hi = ax.get_ylim()
+    if hi - lo < 0.02:
+        mid = (hi + lo) / 2
+        ax.set_ylim(mid - 0.01, mid + 0.01)
     ax.set_title("Accuracy vs packed model size")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
@@ -153,6 +160,37 @@ def plot_search_curves(curves: dict[str, pd.DataFrame], states: dict[str, str] |
     ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax2.set_xlabel("super-network epoch")
     ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_retrain_curves(curves: dict[str, pd.DataFrame], chance: float | None = None) -> Figure:
+    """Retraining test accuracy per epoch, one line per (genotype, seed) run; ``chance`` (1/classes)
+    as a dotted line, so a retraining that never left it is visible as such.
+
+    ``curves`` maps a label (``<digest> s<seed>``) to its metric history (columns ``step`` = epoch,
+    ``test_acc``, ``train_loss``).
+    """
+    fig = Figure(figsize=(8, 3.6))
+    ax = fig.subplots()
+    curves = {k: v for k, v in curves.items() if not v.empty and Metric.TEST_ACC in v}
+    if not curves:
+        _empty(ax, "no retraining has reported an epoch yet")
+        ax.set_title("Retraining curves")
+        return fig
+    cmap = matplotlib.colormaps["tab10"]
+    digests = sorted({label.split()[0] for label in curves})
+    for label, df in sorted(curves.items()):
+        color = cmap(digests.index(label.split()[0]) % 10)  # one colour per genotype, seeds alike
+        ax.plot(df["step"], df[Metric.TEST_ACC], "-", marker="o", ms=3, color=color, label=label)
+    if chance is not None:
+        ax.axhline(chance, color="#777777", ls=":", lw=1, label=f"chance ({chance:.2f})")
+    ax.set_xlabel("retraining epoch")
+    ax.set_ylabel("test accuracy")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title("Retraining curves")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2 if len(curves) > 6 else 1, loc="best")
     fig.tight_layout()
     return fig
 

@@ -44,15 +44,27 @@ import pandas as pd
 from analysis.loader import AnalysisError, StudyRuns, load_study
 from analysis.tables import (
     SIZE_COLUMNS,
+    degenerate_cells,
     finished_search_runs,
     leaderboard,
+    match_optuna_trials,
     optuna_view,
     pareto_points,
     runs_of_kind,
     search_cost,
     trials_table,
 )
-from bnas.platform.tracking_schema import DEFAULT_OUT_ROOT, OPTUNA_DB, RETRAIN, SEARCH, Artifact, is_number
+from bnas.platform.tracking_schema import (
+    DEFAULT_OUT_ROOT,
+    OPTUNA_DB,
+    RETRAIN,
+    SEARCH,
+    Artifact,
+    Metric,
+    Tag,
+    is_number,
+    parse_param,
+)
 
 # --------------------------------------------------------------------------------------------
 # The report
@@ -70,6 +82,8 @@ class Report:
     notes: list[str] = field(default_factory=list)
     logged_to: str | None = None  # the parent run id the folder was logged to
     frames: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
+    #: Kendall tau of the search's proxies vs the retrained accuracy (analysis.proxy.proxy_correlations).
+    proxy: dict[str, Any] = field(default_factory=dict)
 
 
 def _png_b64(path: Path) -> str:
@@ -133,12 +147,38 @@ def build_report(
             + "): the tables and curves show what there is so far."
         )
 
+    # ---- the dataset (the parent run's dataset.* params, written by run.py since study identities)
+    dataset = _dataset_params(data)
+    num_classes = dataset.get("dataset.num_classes")
+    num_classes = int(num_classes) if is_number(num_classes) else None
+
     # ---- tables
     board = (
-        leaderboard(runs)
+        leaderboard(runs, num_classes)
         if len(runs)
         else leaderboard(pd.DataFrame(columns=["kind", "state", "genotype_digest"]))
     )
+    if len(board) and "test_near_chance" in board:
+        at_chance = board[board["test_near_chance"] | (board["n_seeds"].eq(0) & board["val_near_chance"])]
+        if len(at_chance):
+            notes.append(
+                f"{len(at_chance)} of {len(board)} leaderboard row(s) are within noise of chance "
+                f"(1/{num_classes}: 2 standard errors of guessing on their test or validation images, or 2 "
+                "seed standard deviations): they are listed after the rest, and their order among "
+                "themselves means nothing. Retrain longer (retrain.* overrides) for figures that rank."
+            )
+    if len(board):
+        board["degenerate_cells"] = [
+            _degenerate(data, r["search_run_id"]) if i < DEGENERATE_CHECK_ROWS else ""
+            for i, (_, r) in enumerate(board.iterrows())
+        ]
+        flagged = board[board["degenerate_cells"] != ""]
+        if len(flagged):
+            notes.append(
+                f"{len(flagged)} genotype(s) have a cell dominated by one operation "
+                f"(degenerate_cells column, e.g. {flagged.iloc[0]['degenerate_cells']}): the search told the "
+                "operations apart poorly, typically because its epochs were too short to learn."
+            )
     points, acc_desc = pareto_points(board)
     cost, cost_summary = search_cost(runs) if len(runs) else search_cost(pd.DataFrame(columns=["kind"]))
     trials = trials_table(runs) if len(runs) else pd.DataFrame()
@@ -162,7 +202,25 @@ def build_report(
         curves[label] = data.metric_history(r["run_id"])
         states[label] = r["state"]
     save("search_curves", plots.plot_search_curves(curves, states))
+    retrain_curves = {}
+    retrain_runs = runs_of_kind(runs, RETRAIN) if len(runs) else runs
+    for _, r in (retrain_runs.iterrows() if len(retrain_runs) else iter(())):
+        label = f"{r['genotype_digest'] or r['genotype_name']} s{r['seed']}"
+        retrain_curves[label] = data.metric_history(r["run_id"], RETRAIN_CURVE_METRICS)
+    chance = 1 / num_classes if num_classes else None
+    save("retrain_curves", plots.plot_retrain_curves(retrain_curves, chance))
     save("search_cost", plots.plot_search_cost(cost))
+
+    # ---- does the search's proxy rank as retraining does (Kendall tau, analysis.proxy)
+    from analysis.proxy import plot_proxy_correlation, proxy_correlations, proxy_points
+
+    proxy = proxy_points(runs)
+    rep.proxy = proxy_correlations(proxy)
+    rep.frames["proxy_correlation"] = proxy
+    proxy.to_csv(rdir / "proxy_correlation.csv", index=False)
+    rep.tables["proxy_correlation"] = rdir / "proxy_correlation.csv"
+    (rdir / "proxy_correlation.json").write_text(json.dumps(rep.proxy, indent=1, default=str))
+    save("proxy_correlation", plot_proxy_correlation(proxy, rep.proxy))
 
     # The best derived architecture: the best searched row, binary before full precision (a control).
     searched = board[board["source"] == "search"]
@@ -193,6 +251,15 @@ def build_report(
         notes.append(f"Optuna: {onote}.")
     else:
         oview = optuna_view(ostudy)
+        # Which Tune trial (MLflow run search-<id>) each Optuna trial number is.
+        oview["trials"].insert(1, "tune_trial_id", match_optuna_trials(oview["trials"], runs))
+        complete = int((oview["trials"]["state"] == "COMPLETE").sum()) if len(oview["trials"]) else 0
+        if oview["importances"] and complete < IMPORTANCE_MIN_TRIALS:
+            oview["note"] = (
+                f"the importances come from {complete} complete trial(s): with fewer than "
+                f"{IMPORTANCE_MIN_TRIALS}, a random forest over so few points ranks noise; read them as an "
+                "example of the plot, not as evidence about the settings."
+            )
         save(
             "optuna_history", plots.plot_optuna_history(oview["trials"], oview["direction"], oview["target"])
         )
@@ -223,6 +290,56 @@ def build_report(
             where = f"run {data.parent_run_id} in {data.tracking_uri}"
             log(f"report: logged as artifacts {Artifact.REPORT}/ of {where}")
     return rep
+
+
+#: [D] Below this many complete Optuna trials the importances get a caveat (fANOVA's forest over
+#: fewer points ranks noise).
+IMPORTANCE_MIN_TRIALS = 10
+#: Leaderboard rows whose genotype is fetched to flag degenerate cells (one artifact read each).
+DEGENERATE_CHECK_ROWS = 20
+RETRAIN_CURVE_METRICS = (Metric.TEST_ACC, Metric.TRAIN_LOSS)
+
+
+def _dataset_params(data: StudyRuns) -> dict[str, Any]:
+    """The parent run's ``dataset.*`` params (typed) and its data root tag; ``{}`` for older studies."""
+    if data.parent_run_id is None:
+        return {}
+    run = data.client.get_run(data.parent_run_id)
+    out: dict[str, Any] = {k: parse_param(v) for k, v in run.data.params.items() if k.startswith("dataset.")}
+    if Tag.DATASET_ROOT in run.data.tags:
+        out["dataset.root"] = run.data.tags[Tag.DATASET_ROOT]
+    return out
+
+
+def _dataset_line(data: StudyRuns) -> str:
+    d = _dataset_params(data)
+    if not d:
+        return "dataset: not recorded (a study run before datasets were recorded on the parent run)"
+    official = d.get("dataset.official")
+    copy = ""
+    if official is not None:
+        copy = " (official files)" if official else (
+            " (a copy that differs from the official release: not exactly comparable to published figures)"
+        )
+    keys = ("dataset.train_subset", "dataset.test_subset")
+    sizes = [(k.split(".")[-1].replace("_", " "), d.get(k)) for k in keys]
+    subsets = ", ".join(f"{what} {n}" for what, n in sizes if is_number(n))
+    side = d.get("dataset.image_size")
+    return (
+        f"dataset: {d.get('dataset.name')}{copy} at {d.get('dataset.root', '?')}; "
+        f"{side}x{side} px, {d.get('dataset.num_classes')} classes"
+        + (f", {subsets}" if subsets else "")
+        + f"; fingerprint {d.get('dataset.fingerprint')}"
+    )
+
+
+def _degenerate(data: StudyRuns, search_run_id: Any) -> str:
+    from bnas.genotype import Genotype
+
+    if not isinstance(search_run_id, str) or not search_run_id:
+        return ""
+    gdict = data.artifact_json(search_run_id, Artifact.GENOTYPE)
+    return degenerate_cells(Genotype.from_dict(gdict)) if gdict is not None else ""
 
 
 def _html(
@@ -256,6 +373,7 @@ def _html(
         f"<p class='meta'>MLflow store {e(data.tracking_uri)}, experiment {e(data.experiment_id)}, "
         f"parent run {e(str(data.parent_run_id))}; study folder {e(str(data.out_dir))}; "
         f"{n_s} search run(s), {n_r} retraining run(s); generated {now}.</p>",
+        f"<p class='meta'>{e(_dataset_line(data))}</p>",
         *[note(n) for n in rep.notes],
         "<h2>Leaderboard of derived architectures</h2>",
         "<p>One row per genotype (and retraining binarization). <b>test_acc</b>: retrained test accuracy, "
@@ -272,6 +390,14 @@ def _html(
         "<h2>Search curves</h2>",
         img("search_curves", "search curves"),
         _fmt_table(f["trials"]),
+        "<h2>Retraining curves</h2>",
+        "<p>Test accuracy per epoch of every retraining run (one colour per genotype; dotted: chance).</p>",
+        img("retrain_curves", "retraining curves"),
+        "<h2>Search quality: does the proxy rank as retraining does?</h2>",
+        f"<p>{e(rep.proxy.get('verdict', ''))} One point per retrained genotype: its search trial's "
+        "proxy vs its retrained test accuracy (mean over seeds, the search's binarization only).</p>",
+        img("proxy_correlation", "proxy vs retrained accuracy"),
+        _fmt_table(f["proxy_correlation"]) if "proxy_correlation" in f else "",
         "<h2>Best architecture</h2>",
         f"<p>{e(best_info) if best_info else 'No finished search trial yet.'}</p>",
         img("reduction_history_normal", "reduction history, normal cell"),

@@ -93,7 +93,7 @@ LEADERBOARD_COLUMNS = [
 ]
 
 
-def leaderboard(runs: pd.DataFrame) -> pd.DataFrame:
+def leaderboard(runs: pd.DataFrame, num_classes: int | None = None) -> pd.DataFrame:
     """One row per derived architecture (genotype digest x retraining binarization method), best first.
 
     The rows and their order are :func:`bnas.platform.tracking_schema.leaderboard`'s (the same as the
@@ -101,10 +101,12 @@ def leaderboard(runs: pd.DataFrame) -> pd.DataFrame:
     count over seeds; rows without retraining keep NaN there and rank after retrained ones, by
     ``derived_val_acc``; ties go to the smaller packed size. Here each row also shows the settings of
     the search run that produced it (``setting.*`` for :data:`KEY_SETTINGS`, ``space.*`` for every
-    sampled value). Retrained reference genotypes get ``source = reference``.
+    sampled value). Retrained reference genotypes get ``source = reference``. With ``num_classes``
+    (the dataset's), ``test_near_chance`` / ``val_near_chance`` flag figures within noise of chance,
+    and such rows rank after the rest (:func:`bnas.platform.tracking_schema.leaderboard`).
     """
     rows = []
-    for row in schema.leaderboard(_records(runs)):
+    for row in schema.leaderboard(_records(runs), num_classes):
         producer = row.pop("producer")
         if producer is not None:
             for k in KEY_SETTINGS:
@@ -325,3 +327,61 @@ def optuna_view(study: Any) -> dict[str, Any]:
     except Exception as e:  # noqa: BLE001 - too few or degenerate trials: say so, do not fail the report
         view["note"] = f"parameter importances could not be computed ({type(e).__name__}: {e})."
     return view
+
+
+#: [D] A cell is flagged degenerate when one operation holds at least this share of its edges (e.g.
+#: 7 of 8 edges max_pool_3x3): a sign that the search learned nothing that tells operations apart.
+DEGENERATE_SHARE = 0.75
+
+
+def degenerate_cells(genotype: Any) -> str:
+    """``"normal: 7/8 max_pool_3x3"``-style flags for the cells of ``genotype`` dominated by one
+    operation (:data:`DEGENERATE_SHARE`), ``""`` when none is."""
+    from collections import Counter
+
+    flags = []
+    for cell in ("normal", "reduce"):
+        ops = [op for op, _ in getattr(genotype, cell)]
+        if not ops:
+            continue
+        op, n = Counter(ops).most_common(1)[0]
+        if n / len(ops) >= DEGENERATE_SHARE:
+            flags.append(f"{cell}: {n}/{len(ops)} {op}")
+    return "; ".join(flags)
+
+
+def match_optuna_trials(optuna_trials: pd.DataFrame, runs: pd.DataFrame) -> pd.Series:
+    """The Tune trial id (= the MLflow search run's ``bnas.trial_id``) of each Optuna trial, matched by
+    the sampled values (Optuna's params = the run's ``space.*`` params); equal values are paired in
+    time order. Ray's OptunaSearch keeps the pairing in memory only, so it is rebuilt here."""
+    searches = runs_of_kind(runs, SEARCH) if len(runs) else runs
+    if optuna_trials.empty or not len(searches):
+        return pd.Series([None] * len(optuna_trials), index=optuna_trials.index, dtype=object)
+    params = [c for c in optuna_trials.columns if c.startswith("param.")]
+
+    def key(values: dict[str, Any]) -> tuple:
+        return tuple(values.get(c) for c in params)
+
+    pool: dict[tuple, list[str]] = {}
+    for _, r in searches.sort_values("start_time").iterrows():
+        k = key({c: _parsed(r.get(PARAM_COLUMN + SPACE_PREFIX + c[len("param.") :])) for c in params})
+        pool.setdefault(k, []).append(str(r["trial_id"]))
+    out = []
+    for _, t in optuna_trials.sort_values("number").iterrows():
+        ids = pool.get(key({c: _parsed(t[c]) for c in params}), [])
+        out.append(ids.pop(0) if ids else None)
+    return pd.Series(out, index=optuna_trials.sort_values("number").index, dtype=object).reindex(
+        optuna_trials.index
+    )
+
+
+def _parsed(v: Any) -> str | None:
+    """Optuna's value and the MLflow param of the same sample, made comparable: numbers to 12
+    significant digits (a frame column holding NaN elsewhere turns the run's 2 into 2.0)."""
+    if _isnan(v):
+        return None
+    if isinstance(v, str):
+        v = schema.parse_param(v)
+    if schema.is_number(v):
+        return f"{float(v):.12g}"
+    return str(v)

@@ -6,6 +6,8 @@
   stderr, the final metrics to stdout as one JSON object.
 * ``summary``  -- size figures of a genotype's inference network as one JSON object (no data needed).
 * ``settings`` -- every setting with its default and source mark (the provenance table).
+* ``export``   -- a retraining folder's network as ONNX (checked with onnxruntime) or packed v2, one JSON
+  line: path, bytes, and for ONNX ``max_abs_diff`` against PyTorch (:func:`bnas.export.export_run`).
 
 The dataset folder is taken from ``--data-root``, else ``$BNAS_DATA_ROOT``, else ``data.root`` of the
 configuration, else ``./data`` (:func:`bnas.data.resolve_data_root`; the environment is read here, at
@@ -38,9 +40,19 @@ def _is_user_error(e: BaseException) -> bool:
     if isinstance(e, USER_ERRORS):
         return True
     data = sys.modules.get("bnas.data")  # a DatasetNotFoundError can only come from an imported bnas.data
-    return data is not None and isinstance(e, data.DatasetNotFoundError)
+    return data is not None and isinstance(e, data.DatasetNotFoundError | data.BadDatasetError)
 
 
+def _error_text(e: BaseException) -> str:
+    """The message of a user error; one raised in a DataLoader worker (an unreadable image) comes back
+    wrapped with the worker's traceback, of which the last line is the message."""
+    text = str(e)
+    if "Original Traceback" in text:
+        text = text.strip().splitlines()[-1].split(": ", 1)[-1]
+    return text
+
+
+NETWORK_HELP = "network layout: cifar or imagenet (DARTS NetworkImageNet); default: from the dataset"
 DATA_ROOT_HELP = "dataset folder (else $BNAS_DATA_ROOT, else data.root of the configuration, else ./data)"
 
 # retrain flag -> dotted setting; flags win over --config and --set.
@@ -56,6 +68,7 @@ _RETRAIN_FLAGS = {
     "train_subset": "data.train_subset",
     "test_subset": "data.test_subset",
     "image_size": "data.image_size",
+    "network": "network",
     "device": "device",
     "seed": "seed",
 }
@@ -76,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bnas", description="Binarized Neural Architecture Search (core)."
     )
-    sub = p.add_subparsers(dest="command", required=True, metavar="{retrain,summary,settings,search}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{retrain,summary,settings,search,export}")
 
     r = sub.add_parser(
         "retrain",
@@ -99,6 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--train-subset", type=int, help="use only this many training images")
     r.add_argument("--test-subset", type=int, help="use only this many test images")
     r.add_argument("--image-size", type=int, help="input side in pixels (CPU runs: 16)")
+    r.add_argument("--network", help=NETWORK_HELP)
     r.add_argument("--data-root", help=DATA_ROOT_HELP)
     r.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     r.add_argument("--seed", type=int)
@@ -116,10 +130,24 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--layers", type=int, default=20)
     s.add_argument("--binarization", default="xnor")
     s.add_argument("--activations", choices=["real", "binary"], default="real")
-    s.add_argument("--num-classes", type=int, default=10)
+    s.add_argument("--num-classes", type=int, help="classifier classes (default: cifar 10, imagenet 1000)")
     s.add_argument("--in-channels", type=int, default=3)
+    s.add_argument("--network", default="cifar", help="cifar (default) or imagenet: the network layout")
 
     sub.add_parser("settings", help="every setting with its default and source mark")
+
+    e = sub.add_parser(
+        "export",
+        help="export a retrained network (ONNX, checked with onnxruntime; or packed v2)",
+        description="Export the network of a retraining output folder: ONNX (dynamic batch, binary "
+        "weights as their +-scale values, BN folded; checked against PyTorch with onnxruntime, which "
+        "prints the max abs difference) or the packed format v2. A registered MLflow model version: "
+        "python -m bnas.platform.models export models:/NAME@ALIAS ...",
+    )
+    e.add_argument("run_dir", metavar="RUN_DIR", help="output folder of a finished retraining (model.bnas)")
+    e.add_argument("--format", default="onnx", help="onnx (default) or packed")
+    e.add_argument("--out", required=True, help="file to write")
+    e.add_argument("--image-size", type=int, help="ONNX input side in pixels (default: the run's)")
 
     q = sub.add_parser(
         "search",
@@ -131,6 +159,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_set(q, "search.sampling_k=4")
     q.add_argument("--data-root", help=DATA_ROOT_HELP)
     q.add_argument("--device", help="auto, cpu, cuda or cuda:N (sets device)")
+    q.add_argument("--network", help=NETWORK_HELP + " (sets network)")
     q.add_argument(
         "--out", required=True, help="output folder (checkpoint, genotype.json, history.json, ...)"
     )
@@ -156,6 +185,8 @@ def _search(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     overrides: dict[str, Any] = parse_overrides(args.set)
     if args.device:
         overrides["device"] = args.device
+    if args.network:
+        overrides["network"] = args.network
     cfg = _config(args.config, overrides, args.data_root, environ)
     res = run_search(cfg, Path(args.out), resume=not args.no_resume, log=None if args.quiet else print)
     summary = {"genotype": res.genotype.to_dict(), "digest": res.genotype.digest}
@@ -183,9 +214,11 @@ def _retrain(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 def _summary(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    from bnas.eval_network import EvalNetwork
     from bnas.model_size import size_report
+    from bnas.networks import NETWORKS, build_eval_network
 
+    if args.num_classes is None:  # the benchmark of the layout: CIFAR-10 or ImageNet-1k
+        args.num_classes = 1000 if args.network == "imagenet" else 10
     for key, value, least in (
         ("channels", args.channels, 1),
         ("layers", args.layers, 3),
@@ -195,8 +228,13 @@ def _summary(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         if value < least:
             raise ConfigError(f"must be >= {least}, got {value}", "summary", f"--{key}")
     BINARIZATIONS.get(args.binarization)
+    NETWORKS.get(args.network)
+    if args.network == "imagenet" and args.channels % 2:
+        raise ConfigError(f"the ImageNet stem halves C: must be even, got {args.channels}", "summary",
+                          "--channels")
     genotype = load_genotype(args.genotype)
-    model = EvalNetwork(
+    model = build_eval_network(
+        args.network,
         genotype,
         C=args.channels,
         num_classes=args.num_classes,
@@ -219,6 +257,13 @@ def _summary(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from bnas.export import export_run
+
+    print(json.dumps(export_run(args.run_dir, args.format, args.out, args.image_size)))
+    return 0
+
+
 def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     rows = [(key, mark, json.dumps(default), doc) for key, default, mark, doc in describe_settings()]
     key_w = max(len(r[0]) for r in rows)
@@ -226,6 +271,13 @@ def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     print(f"{'setting':<{key_w}}  mark  {'default':<{default_w}}  meaning")
     for key, mark, default, doc in rows:
         print(f"{key:<{key_w}}  {mark:<4}  {default:<{default_w}}  {doc}")
+    # The ImageNet protocol: what network: imagenet fills in for the settings a configuration omits.
+    from bnas.config import IMAGENET_PROTOCOL_KEYS, ImageNetProtocol
+
+    print("\nwith network: imagenet, unless set (the DARTS ImageNet protocol):")
+    for name, value, mark, doc in describe_settings(ImageNetProtocol):
+        key = f"{IMAGENET_PROTOCOL_KEYS[name]}.{name}"
+        print(f"{key:<{key_w}}  {mark:<4}  {json.dumps(value):<{default_w}}  {doc}")
     print(
         "\nmarks: [P] paper, [C] released code, [R] recalled from the paper (uncertain), [D] design decision"
     )
@@ -241,12 +293,15 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = _parser().parse_args(argv)
-        handler = {"retrain": _retrain, "summary": _summary, "settings": _settings, "search": _search}
+        handler = {
+            "retrain": _retrain, "summary": _summary, "settings": _settings, "search": _search,
+            "export": _export,
+        }
         return handler[args.command](args, environ or {})
     except Exception as e:
         if not _is_user_error(e):
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_error_text(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

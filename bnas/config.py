@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -28,6 +29,7 @@ from bnas import settings
 from bnas.binarization import BINARIZATIONS
 from bnas.data import DATASETS
 from bnas.errors import ConfigError
+from bnas.networks import NetworkChoice, resolve_network
 from bnas.reduction import REDUCTIONS
 from bnas.search_space import OPS
 from bnas.settings import OneOf, Section, flatten, rule, setting  # noqa: F401  (re-exported)
@@ -48,7 +50,10 @@ __all__ = [
     "flatten",
     "load_config",
     "parse_overrides",
+    "parse_yaml_text",
+    "phase_problems",
     "read_yaml",
+    "require_phase",
     "setting",
 ]
 
@@ -63,7 +68,9 @@ ALL_OPS = list(OPS)  # kept for existing importers; the search space owns the li
 class DataConfig(Section):
     """Which images, where they are, and how much of them a run uses."""
 
-    dataset: str = setting("cifar10", "[D]", "registry name: cifar10, cifar100 or folder", choices=DATASETS)
+    dataset: str = setting(
+        "cifar10", "[D]", "registry name: cifar10, cifar100, folder or imagenet", choices=DATASETS
+    )
     root: str | None = setting(
         None, "[D]", "dataset folder; None reads $BNAS_DATA_ROOT, else ./data", affects_results=False
     )
@@ -75,6 +82,44 @@ class DataConfig(Section):
         0.5, "[C]", "search: share of the training images held out for the architecture step", gt=0, lt=1
     )
     num_workers: int = setting(0, "[D]", "DataLoader worker processes", ge=0, affects_results=False)
+    storage: Literal["auto", "memory", "stream"] = setting(
+        "auto", "[D]", "class folders: decode every image into memory once, or per item in the loader "
+        "workers (stream); auto streams when the decoded images exceed memory_budget_mib. CIFAR: memory",
+    )
+    memory_budget_mib: int = setting(
+        2048, "[D]", "storage auto: the largest decoded dataset (uint8 at image_size) held in memory", ge=1
+    )
+    on_bad_image: Literal["stop", "skip"] = setting(
+        "stop", "[D]", "an unreadable image file: stop with an error naming it, or skip it (with a warning)"
+    )
+    train_fraction: float | None = setting(
+        None, "[D]", "use only this share of every training class (stratified, fixed; PC-DARTS' ImageNet "
+        "search: 0.125 = 10 % weights + 2.5 % architecture with val_fraction 0.2)", gt=0, le=1,
+    )
+    crop_scale_min: float = setting(
+        0.08, "[C]", "ImageNet network: RandomResizedCrop area range [min, 1] (torchvision, DARTS)",
+        gt=0, le=1,
+    )
+    color_jitter: float = setting(
+        0.4, "[C]", "ImageNet network: brightness, contrast and saturation jitter (DARTS ImageNet)", ge=0
+    )
+    hue_jitter: float = setting(0.2, "[C]", "ImageNet network: hue jitter (DARTS ImageNet)", ge=0, le=0.5)
+    eval_crop: float = setting(
+        0.875, "[C]", "ImageNet network, streamed: evaluation resizes to image_size / eval_crop, then "
+        "centre-crops image_size (224 of 256)", gt=0, le=1,
+    )
+
+    @rule("storage", "dataset")
+    def _stream_class_folders(self) -> str | None:
+        if self.storage == "stream" and self.dataset in ("cifar10", "cifar100"):
+            return f"stream applies to class-folder datasets (folder, imagenet); {self.dataset} is in memory"
+        return None
+
+    @rule("train_fraction", "train_subset")
+    def _one_subset_rule(self) -> str | None:
+        if self.train_fraction is not None and self.train_subset is not None:
+            return "set train_fraction or train_subset, not both"
+        return None
 
 
 @dataclass
@@ -215,6 +260,14 @@ class RetrainConfig(Section):
     max_batches_per_epoch: int | None = setting(
         None, "[D]", "cap on batches per epoch (CPU-sized runs); null = the whole split", ge=1
     )
+    label_smoothing: float = setting(
+        0.0, "[C]", "label smoothing of the training loss (DARTS / PC-DARTS ImageNet: 0.1)", ge=0, lt=1
+    )
+    lr_schedule: Literal["cosine", "step"] = setting(
+        "cosine", "[C]", "cosine: lr to lr_min over the epochs (DARTS CIFAR); step: lr * lr_gamma after "
+        "every epoch (DARTS ImageNet)"
+    )
+    lr_gamma: float = setting(0.97, "[C]", "lr_schedule step: decay per epoch (DARTS ImageNet)", gt=0, le=1)
 
 
 #: ``auto`` / ``on`` / ``off``; YAML reads a bare on/off as a boolean, so true/false are accepted too.
@@ -270,12 +323,34 @@ class ExperimentConfig(Section):
         ge=1,
         affects_results=False,
     )
+    network: str = setting(
+        "auto", "[D]", "network layout of the search and the retraining: cifar or imagenet (DARTS "
+        "NetworkImageNet: stems stride 8); auto = from the dataset (imagenet for imagenet, else cifar)",
+        choices=NetworkChoice(),
+    )
     data: DataConfig = field(default_factory=DataConfig)
     binarization: BinarizationConfig = field(default_factory=BinarizationConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     reduction: ReductionConfig = field(default_factory=ReductionConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def network_layout(self) -> str:
+        """The resolved ``network``: ``cifar`` or ``imagenet`` (``auto`` follows the dataset)."""
+        return resolve_network(self.network, self.data.dataset)
+
+    @rule("network", "data.dataset", "data.image_size", "search.init_channels", "retrain.init_channels")
+    def _imagenet_shapes(self) -> str | None:
+        # The ImageNet stems stride 8 and halve C first (DARTS NetworkImageNet).
+        if self.network_layout() != "imagenet":
+            return None
+        if self.data.image_size < 32:
+            return f"imagenet needs data.image_size >= 32 (the stems stride 8), got {self.data.image_size}"
+        odd = [f"{k}={v}" for k, v in (("search.init_channels", self.search.init_channels),
+                                       ("retrain.init_channels", self.retrain.init_channels)) if v % 2]
+        if odd:
+            return f"imagenet halves C in its stem: {', '.join(odd)} must be even"
+        return None
 
     @rule("device")
     def _device_name(self) -> str | None:
@@ -292,6 +367,36 @@ class ExperimentConfig(Section):
             return (
                 f"{stages} stages would remove more than the {n_ops - 1} ops that can go "
                 f"from {n_ops} per edge"
+            )
+        return None
+
+    @rule("search.ops", "reduction.stages", "reduction.strategy")
+    def _ops_for_the_stages(self) -> str | None:
+        # With stages null, the search runs max(ops - 1, 1) stages and each removes one op per edge
+        # (bnas.search): a single op leaves a reducing strategy nothing to remove, and the trial would
+        # fail only once it runs. (An explicit reduction.stages is checked by _stages_leave_an_op.)
+        n_ops = len(self.search.ops)
+        if self.reduction.stages is None and self.reduction.strategy != "none" and n_ops < 2:
+            return (
+                f"{self.search.ops} leaves the {self.reduction.strategy!r} strategy nothing to remove "
+                "(each stage removes one operation per edge); list at least 2 operations, or use "
+                "reduction.strategy: none"
+            )
+        return None
+
+    @rule("data.train_subset", "data.dataset", "data.image_size")
+    def _a_subset_holds_every_class(self) -> str | None:
+        # The class-balanced subset (bnas.data.splits) gives every class at least one image. Only the
+        # CIFAR formats fix their class count; a class-folder dataset (folder, imagenet) may hold fewer
+        # classes than its nominal count, known once the folder is read.
+        if self.data.dataset not in ("cifar10", "cifar100"):
+            return None
+        info = DATASETS.get(self.data.dataset).static_info(self.data.image_size)
+        n = self.data.train_subset
+        if n is not None and info is not None and n < info.num_classes:
+            return (
+                f"{n} images cannot hold one of each of the {info.num_classes} classes of "
+                f"{self.data.dataset}; use at least {info.num_classes} (or null for all)"
             )
         return None
 
@@ -327,18 +432,119 @@ class ExperimentConfig(Section):
         return hashlib.sha256(blob).hexdigest()[:12]
 
 
+def phase_problems(cfg: ExperimentConfig, phase: Literal["search", "retrain"]) -> list[tuple[str, str]]:
+    """What makes ``cfg`` useless for one phase although every setting is valid on its own.
+
+    One configuration serves both phases, each with its own batch size, so these are not rules of
+    the settings (a retraining config need not fit the search's batch): the search checks its own
+    before any work (:class:`bnas.search.Search`), retraining its own (:func:`bnas.retrain.retrain`),
+    and a study every trial's settings for both. A training split smaller than one batch gives one
+    short batch per epoch: the batch size (and the learning rate tuned for it) would mean nothing.
+    """
+    n = cfg.data.train_subset
+    if n is None:
+        return []
+    if phase == "search":
+        # bnas.data.splits: val_fraction of the subset is held out for the architecture step.
+        n_train = n - min(n - 1, max(1, round(n * cfg.data.val_fraction)))
+        batch = cfg.search.batch_size
+        if n_train < batch:
+            need = math.ceil(batch / (1 - cfg.data.val_fraction))
+            return [(
+                "data.train_subset",
+                f"{n} images leave {n_train} for the search's weight step, fewer than one batch "
+                f"(search.batch_size={batch}); use at least {need} images or a smaller search.batch_size",
+            )]
+    elif n < cfg.retrain.batch_size:
+        return [(
+            "data.train_subset",
+            f"{n} images are fewer than one retraining batch (retrain.batch_size="
+            f"{cfg.retrain.batch_size}); use at least {cfg.retrain.batch_size} images or a smaller "
+            "retrain.batch_size",
+        )]
+    return []
+
+
+def require_phase(
+    cfg: ExperimentConfig, phase: Literal["search", "retrain"], source: str | None = None
+) -> None:
+    """Raise :class:`ConfigError` with :func:`phase_problems`, if any."""
+    problems = phase_problems(cfg, phase)
+    if problems:
+        raise ConfigError.collect(problems, source)
+
+
 # --------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------
 
 
+def _duplicate_keys(node: yaml.Node | None, path: str = "") -> list[tuple[str | None, str]]:
+    """Every mapping key given twice under ``node``, as ``(dotted key, message)``.
+
+    Plain PyYAML keeps the later value silently, so a study with two ``trials:`` would run the one the
+    reader did not look at. Keys merged in with ``<<: *anchor`` are YAML's way to override and pass.
+    """
+    problems: list[tuple[str | None, str]] = []
+    if isinstance(node, yaml.MappingNode):
+        first: dict[str, str] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                continue
+            name = key_node.value
+            dotted = f"{path}.{name}" if path else name
+            said = f"line {key_node.start_mark.line + 1}" + (
+                f" ({value_node.value!r})" if isinstance(value_node, yaml.ScalarNode) else ""
+            )
+            if name in first:
+                problems.append((
+                    dotted,
+                    f"given twice, at {first[name]} and {said}; each key may appear once (YAML readers "
+                    "would silently keep the later one)",
+                ))
+            else:
+                first[name] = said
+            problems += _duplicate_keys(value_node, dotted)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            problems += _duplicate_keys(item, f"{path}[{i}]")
+    return problems
+
+
+def parse_yaml_text(text: str, source: str = "<text>") -> Any:
+    """Plain data from YAML text (safe loading: never objects); a key given twice in a mapping is a
+    :class:`ConfigError` naming it. Syntax errors propagate as :class:`yaml.YAMLError`."""
+    duplicates = _duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader))
+    if duplicates:
+        raise ConfigError.collect(duplicates, source)
+    return yaml.safe_load(text)
+
+
 def read_yaml(path: str | Path) -> Any:
-    """Parse a YAML file; syntax errors become :class:`ConfigError` with the line and column."""
+    """Parse a YAML file: the one loader of settings and study files.
+
+    Plain data only (safe loading), UTF-8 text only, each mapping key once. Anything else -- a missing
+    or unreadable file, bytes that are not UTF-8, malformed YAML, a duplicate key -- is a
+    :class:`ConfigError` naming the file (and the line and column where YAML knows them).
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"no such file: {path}", str(path))
     try:
-        return yaml.safe_load(path.read_text())
+        data = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot be read: {e.strerror or e}", str(path)) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ConfigError(
+            f"is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}, line {line}); "
+            "settings and study files are YAML saved as UTF-8",
+            str(path),
+        ) from None
+    try:
+        return parse_yaml_text(text.removeprefix("\ufeff"), str(path))  # (a BOM some editors write)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
@@ -355,7 +561,9 @@ def parse_overrides(items: list[str] | None, source: str = "--set") -> dict[str,
             raise ConfigError(f"expected key=value, got {item!r}", source)
         k, v = item.split("=", 1)
         try:
-            out[k.strip()] = yaml.safe_load(v) if v.strip() else None
+            out[k.strip()] = parse_yaml_text(v, source) if v.strip() else None
+        except ConfigError as e:  # a mapping value naming a key twice: k's key path in front
+            raise ConfigError.collect([(f"{k.strip()}.{key}", m) for key, m in e.problems], source) from None
         except yaml.YAMLError:
             out[k.strip()] = v
     return out
@@ -377,8 +585,60 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any], source: str
 
 
 def config_from_dict(data: dict[str, Any] | None, source: str | None = None) -> ExperimentConfig:
-    """Build and validate an :class:`ExperimentConfig`; ``source`` names the file in errors."""
-    return settings.build(ExperimentConfig, data or {}, source)
+    """Build and validate an :class:`ExperimentConfig`; ``source`` names the file in errors.
+
+    When the network layout is ``imagenet`` (set, or ``auto`` with the ``imagenet`` dataset), the
+    settings of :class:`ImageNetProtocol` that ``data`` does not set fill in (see there).
+    """
+    return settings.build(ExperimentConfig, with_network_protocol(data or {}), source)
+
+
+@dataclass
+class ImageNetProtocol(Section):
+    """The ImageNet retraining protocol (DARTS ``train_imagenet.py`` [C], also PC-DARTS' except for its
+    8-GPU batch of 1024 at lr 0.5): the values a configuration with the ``imagenet`` network gets for
+    the settings it does not set. Each field stands for the setting in :data:`IMAGENET_PROTOCOL_KEYS`."""
+
+    image_size: int = setting(224, "[C]", "input side (ImageNet: 224 px)", ge=32)
+    layers: int = setting(14, "[C]", "cells of the evaluation network", ge=3)
+    init_channels: int = setting(48, "[C]", "channels of the first cell", ge=2)
+    epochs: int = setting(250, "[C]", "training epochs", ge=1)
+    batch_size: int = setting(128, "[C]", "training batch size (one GPU)", ge=1)
+    lr: float = setting(0.1, "[C]", "SGD learning rate", gt=0)
+    weight_decay: float = setting(3e-5, "[C]", "SGD weight decay", ge=0)
+    lr_schedule: Literal["cosine", "step"] = setting("step", "[C]", "lr * lr_gamma after every epoch")
+    lr_gamma: float = setting(0.97, "[C]", "step decay per epoch", gt=0, le=1)
+    label_smoothing: float = setting(0.1, "[C]", "label smoothing", ge=0, lt=1)
+    auxiliary_weight: float = setting(0.4, "[C]", "weight of the auxiliary loss", ge=0)
+    drop_path_prob: float = setting(0.0, "[C]", "drop path (none on ImageNet)", ge=0, lt=1)
+    cutout: int = setting(0, "[C]", "no Cutout on ImageNet", ge=0)
+
+
+#: Where each :class:`ImageNetProtocol` field goes in an experiment configuration.
+IMAGENET_PROTOCOL_KEYS = {
+    name: ("data" if name == "image_size" else "retrain") for name in ImageNetProtocol.__dataclass_fields__
+}
+
+
+def with_network_protocol(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with the :class:`ImageNetProtocol` defaults filled in where the layout is ``imagenet``
+    and the setting is absent (a copy; unchanged for the CIFAR layout or malformed input, which the
+    validation then reports)."""
+    if not isinstance(data, dict):
+        return data
+    network, data_section = data.get("network", "auto"), data.get("data", {})
+    dataset = data_section.get("dataset", "cifar10") if isinstance(data_section, dict) else "cifar10"
+    if not isinstance(network, str) or not isinstance(dataset, str) or NetworkChoice().check(network):
+        return data
+    if resolve_network(network, dataset) != "imagenet":
+        return data
+    out = copy.deepcopy(data)
+    protocol = asdict(ImageNetProtocol())
+    for name, section in IMAGENET_PROTOCOL_KEYS.items():
+        node = out.setdefault(section, {})
+        if isinstance(node, dict) and name not in node:
+            node[name] = protocol[name]
+    return out
 
 
 def load_config(

@@ -1,9 +1,18 @@
-"""The evaluation network built from a genotype (DARTS-style CIFAR network, binarized per BNAS).
+"""The evaluation networks built from a genotype (DARTS-style CIFAR and ImageNet layouts, binarized per BNAS).
 
-Layout (DARTS ``NetworkCIFAR`` [C]): full-precision 3x3 stem -> ``layers`` cells (reduction cells at
-1/3 and 2/3 of the depth double the channels) -> global average pooling -> full-precision linear
+CIFAR layout (DARTS ``NetworkCIFAR`` [C]): full-precision 3x3 stem -> ``layers`` cells (reduction cells
+at 1/3 and 2/3 of the depth double the channels) -> global average pooling -> full-precision linear
 classifier; an auxiliary head (full precision) after the second reduction cell during training.
-Binarization sits inside the cells as in :mod:`bnas.operations`.
+
+ImageNet layout (DARTS / PC-DARTS ``NetworkImageNet`` [C], :class:`EvalNetworkImageNet`): two stems
+that together stride 8 (224 -> 28 px) -- ``stem0`` = conv 3x3 s2 to C/2, BN, ReLU, conv 3x3 s2 to C, BN;
+``stem1`` = ReLU, conv 3x3 s2, BN -- then the cells as above (the first cell sees ``stem0``'s output at
+twice the resolution, so it pre-processes it with a factorized reduce), the ImageNet auxiliary head and
+the classifier. The published ImageNet models use 14 cells and C = 48.
+
+Binarization sits inside the cells as in :mod:`bnas.operations`; the stems, every factorized reduce that
+follows a resolution change, the auxiliary heads and the classifier stay full precision (method.md
+section 3), for both layouts.
 """
 
 from __future__ import annotations
@@ -95,6 +104,37 @@ class AuxiliaryHead(nn.Module):
         return self.classifier(x.flatten(1))
 
 
+class AuxiliaryHeadImageNet(nn.Module):
+    """DARTS ``AuxiliaryHeadImageNet`` [C] (full precision) for the 7x7 maps after the second reduction.
+
+    ReLU -> AvgPool2d(5, stride 2, count_include_pad=False) (7x7 -> 2x2) -> Conv 1x1 to 128 -> BN ->
+    ReLU -> Conv 2x2 to 768 -> ReLU -> linear. DARTS omits the BN after the 768-channel conv (a typo
+    kept "for consistency with the experiments in the paper"), and so does this head. Maps smaller
+    than 7x7 (CPU-sized inputs) pool adaptively to the same 2x2.
+    """
+
+    def __init__(self, C: int, num_classes: int) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.ReLU(inplace=False),  # the network still reads the cell output
+            nn.Conv2d(C, 128, 1, bias=False),
+            nn.BatchNorm2d(128),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(128, 768, 2, bias=False),
+            nn.ReLU(inplace=True),
+        )
+        self.classifier = nn.Linear(768, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features[0](x)
+        if x.shape[-1] >= 5:
+            x = nn.functional.avg_pool2d(x, 5, stride=2, padding=0, count_include_pad=False)
+        if x.shape[-1] != 2:
+            x = nn.functional.adaptive_avg_pool2d(x, 2)
+        x = self.features[1:](x)
+        return self.classifier(x.flatten(1))
+
+
 class EvalNetwork(nn.Module):
     """DARTS CIFAR evaluation network for a genotype, binarized by ``spec``.
 
@@ -110,6 +150,7 @@ class EvalNetwork(nn.Module):
             raise ValueError(f"layers must be >= 3 (two reduction cells and one normal), got {layers}")
         spec = spec or BinarySpec()
         self.genotype, self.spec, self.layers = genotype, spec, layers
+        self.network = "cifar"
         self.drop_path_prob = 0.0
         C_curr = stem_multiplier * C
         self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False),
@@ -139,6 +180,89 @@ class EvalNetwork(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         aux = None
         s0 = s1 = self.stem(x)
+        for i, cell in enumerate(self.cells):
+            s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
+            if i == self.aux_index and self.auxiliary_head is not None and self.training:
+                aux = self.auxiliary_head(s1)
+        logits = self.classifier(self.global_pooling(s1).flatten(1))
+        return logits, aux
+
+
+class EvalNetworkImageNet(nn.Module):
+    """DARTS / PC-DARTS ImageNet evaluation network for a genotype, binarized by ``spec`` (module doc).
+
+    Same interface as :class:`EvalNetwork`: ``forward`` returns ``(logits, aux_logits)``, the cells are
+    ``cells``, the heads ``auxiliary_head`` and ``classifier`` (so size accounting and the packed export
+    treat both layouts alike); :meth:`build_args` gives the constructor arguments of the export header.
+    """
+
+    def __init__(self, genotype: Genotype, C: int = 48, num_classes: int = 1000, layers: int = 14,
+                 auxiliary: bool = True, spec: BinarySpec | None = None, in_channels: int = 3,
+                 bn_eps: float = 1e-3) -> None:
+        super().__init__()
+        if layers < 3:
+            raise ValueError(f"layers must be >= 3 (two reduction cells and one normal), got {layers}")
+        if C % 2:
+            raise ValueError(f"the ImageNet stem halves C first: C must be even, got {C}")
+        spec = spec or BinarySpec()
+        self.genotype, self.spec, self.layers = genotype, spec, layers
+        self.network = "imagenet"
+        self.drop_path_prob = 0.0
+        self.bn_eps = bn_eps  # a build argument; also what bnas.folding keeps once the BNs are folded
+        # Full-precision stems [C]: three stride-2 3x3 convs in all, 224 -> 112 -> 56 (stem0) -> 28 (stem1).
+        self.stem0 = nn.Sequential(
+            nn.Conv2d(in_channels, C // 2, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(C // 2),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(C // 2, C, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(C),
+        )
+        self.stem1 = nn.Sequential(
+            nn.ReLU(inplace=False),  # stem0's output is also the first cell's s0
+            nn.Conv2d(C, C, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(C),
+        )
+        C_prev_prev, C_prev, C_curr = C, C, C
+        # s0 (stem0, 56 px) has twice the resolution of s1 (stem1, 28 px): the first cell reduces it
+        # like the cell after a reduction does, with a full-precision factorized reduce [C].
+        reduction_prev = True
+        self.cells = nn.ModuleList()
+        self.aux_index = 2 * layers // 3
+        C_aux = None
+        for i in range(layers):
+            reduction = i in (layers // 3, 2 * layers // 3)
+            if reduction:
+                C_curr *= 2
+            cell = EvalCell(genotype, C_prev_prev, C_prev, C_curr, reduction, reduction_prev, spec)
+            reduction_prev = reduction
+            self.cells.append(cell)
+            C_prev_prev, C_prev = C_prev, cell.multiplier * C_curr
+            if i == self.aux_index:
+                C_aux = C_prev
+        self.auxiliary_head = AuxiliaryHeadImageNet(C_aux, num_classes) if auxiliary else None
+        # DARTS pools the 7x7 maps with AvgPool2d(7); adaptive pooling is the same there and works at
+        # any input size.
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_prev, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.eps = bn_eps
+
+    def build_args(self) -> dict[str, object]:
+        """The constructor arguments (auxiliary head excluded): what :mod:`bnas.export` writes in the
+        header and rebuilds the network from (its folded form included: convs keep their shapes)."""
+        return {
+            "C": self.stem0[3].out_channels,
+            "num_classes": self.classifier.out_features,
+            "layers": self.layers,
+            "in_channels": self.stem0[0].in_channels,
+            "bn_eps": self.bn_eps,
+        }
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        aux = None
+        s0 = self.stem0(x)
+        s1 = self.stem1(s0)
         for i, cell in enumerate(self.cells):
             s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
             if i == self.aux_index and self.auxiliary_head is not None and self.training:

@@ -3,16 +3,19 @@
 One function, :func:`retrain`, trains an :class:`~bnas.eval_network.EvalNetwork` built from
 ``cfg.retrain`` and ``cfg.binarization``:
 
-* SGD (``lr``, ``momentum``, ``weight_decay``) with a per-epoch cosine schedule from ``lr`` to ``lr_min``;
-* loss = CE(logits) + ``auxiliary_weight`` * CE(aux logits) [+ PCNN's projection loss
+* SGD (``lr``, ``momentum``, ``weight_decay``) with a per-epoch cosine schedule from ``lr`` to ``lr_min``
+  (``lr_schedule: step``: ``lr * lr_gamma`` after every epoch, DARTS ImageNet);
+* loss = CE_s(logits) + ``auxiliary_weight`` * CE_s(aux logits), CE_s the cross-entropy with label
+  smoothing ``label_smoothing`` (0 on CIFAR; 0.1 on ImageNet) [+ PCNN's projection loss
   (``binarization.pcnn_lambda``, ``pcnn_eta``) when the method is ``pcnn``];
 * gradient norm clipped at ``grad_clip``; drop path ramped linearly, ``drop_path_prob * e / epochs``
   in (0-based) epoch ``e`` (DARTS);
 * at most ``max_batches_per_epoch`` batches per epoch when set (CPU-sized runs; evaluation always
   covers the whole, possibly subset, test split).
 
-Reported losses are the main head's cross-entropy only (no auxiliary or projection term), accuracies
-are fractions in [0, 1].
+The network layout (``network``: DARTS' CIFAR or ImageNet network, :mod:`bnas.networks`) picks the
+evaluation network and the augmentation family. Reported losses are the main head's cross-entropy only
+(no auxiliary or projection term), accuracies are fractions in [0, 1].
 
 The run is a loop of epochs over the run skeleton of :mod:`bnas.training`. Files in ``out_dir``:
 ``config.json`` (the resolved configuration), ``genotype.json``, ``checkpoint.pt`` (after every epoch,
@@ -41,12 +44,13 @@ from torch import nn
 
 from bnas.accel import FastPath
 from bnas.binarization import BinarySpec, projection_loss
-from bnas.config import ExperimentConfig
-from bnas.data import DatasetInfo, reseed_loader, retrain_loaders
+from bnas.config import ExperimentConfig, require_phase
+from bnas.data import DatasetInfo, describe_classes, is_class_folder, reseed_loader, retrain_loaders
 from bnas.eval_network import EvalNetwork
 from bnas.export import export_packed
 from bnas.genotype import Genotype
 from bnas.model_size import size_report
+from bnas.networks import NETWORKS, build_eval_network
 from bnas.runtime import (
     AverageMeter,
     Progress,
@@ -70,9 +74,12 @@ Log = Callable[[str], None] | None
 
 
 def build_network(cfg: ExperimentConfig, genotype: Genotype, info: DatasetInfo) -> EvalNetwork:
-    """The evaluation network of ``cfg.retrain`` for ``genotype`` and the dataset described by ``info``."""
+    """The evaluation network of ``cfg.retrain`` for ``genotype`` and the dataset described by ``info``
+    (the layout of ``cfg.network``: :class:`EvalNetwork` or
+    :class:`~bnas.eval_network.EvalNetworkImageNet`, which has the same interface)."""
     r = cfg.retrain
-    return EvalNetwork(
+    return build_eval_network(
+        cfg.network_layout(),
         genotype,
         C=r.init_channels,
         num_classes=info.num_classes,
@@ -124,9 +131,11 @@ def train_epoch(
         optimizer.zero_grad(set_to_none=True)
         logits, aux = fast(model, x)
         loss = F.cross_entropy(logits, y)
-        total = loss
+        smooth = r.label_smoothing
+        # The objective smooths the labels; the reported loss stays the plain cross-entropy.
+        total = F.cross_entropy(logits, y, label_smoothing=smooth) if smooth > 0 else loss
         if aux is not None:
-            total = total + r.auxiliary_weight * F.cross_entropy(aux, y)
+            total = total + r.auxiliary_weight * F.cross_entropy(aux, y, label_smoothing=smooth)
         if use_projection:
             total = total + projection_loss(model, b.pcnn_lambda, b.pcnn_eta)
         total.backward()
@@ -181,6 +190,7 @@ def retrain(
     :func:`~bnas.model_size.size_report`; the same dict is written to ``out_dir/final.json``.
     """
     say = log or (lambda _msg: None)
+    require_phase(cfg, "retrain")  # a split smaller than one batch: refused before any folder exists
     device = resolve_device(cfg.device)
     folder = RunFolder(out_dir, _identity(cfg, genotype), (GENOTYPE, PACKED))
     ckpt = folder.open(resume, cfg.to_dict())  # a checkpoint of another run is refused here, before any work
@@ -205,6 +215,9 @@ def _retrain(
 ) -> dict[str, Any]:
     r, out = cfg.retrain, folder.path
     seed_everything(cfg.seed)
+    layout = NETWORKS.get(cfg.network_layout())
+    if is_class_folder(cfg.data.dataset):
+        say(describe_classes(cfg.data))
     train_loader, test_loader, info = retrain_loaders(
         cfg.data,
         r.batch_size,
@@ -214,10 +227,15 @@ def _retrain(
         autoaugment=r.autoaugment,
         device=device,
         placement=fast.placement,
+        transforms=layout.transforms,
     )
     model = fast.prepare(build_network(cfg, genotype, info).to(device))
     optimizer = torch.optim.SGD(model.parameters(), lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=r.epochs, eta_min=r.lr_min)
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    if r.lr_schedule == "step":  # DARTS ImageNet: StepLR(step_size=1, gamma=0.97)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=r.lr_gamma)
+    else:
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=r.epochs, eta_min=r.lr_min)
 
     start_epoch, history, elapsed_before = 0, [], 0.0
     if ckpt is not None:
@@ -231,7 +249,8 @@ def _retrain(
     n_train = len(train_loader.dataset)
     say(
         f"retrain {genotype.digest} ({cfg.binarization.method}, {cfg.binarization.activations} activations): "
-        f"{r.layers} cells, C={r.init_channels}, {info.name} {info.image_size}px, {n_train} train / "
+        f"{layout.name} network, {r.layers} cells, C={r.init_channels}, {info.name} {info.image_size}px, "
+        f"{n_train} train / "
         f"{len(test_loader.dataset)} test images, {r.epochs} epochs, device {device}, out {out}"
     )
     progress = Progress(r.epochs, label="epoch", done=start_epoch)

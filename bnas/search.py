@@ -42,9 +42,10 @@ from torch import nn
 from bnas.accel import FastPath
 from bnas.architect import Architect
 from bnas.binarization import BinarySpec, projection_loss, reset_projection_terms
-from bnas.config import ConfigError, ExperimentConfig
-from bnas.data import reseed_loader, search_loaders, search_train_loader
+from bnas.config import ConfigError, ExperimentConfig, require_phase
+from bnas.data import describe_classes, is_class_folder, reseed_loader, search_loaders, search_train_loader
 from bnas.genotype import Genotype, derive_genotype
+from bnas.networks import NETWORKS
 from bnas.reduction import ReductionContext, make_strategy
 from bnas.runtime import (
     AverageMeter,
@@ -56,7 +57,7 @@ from bnas.runtime import (
     seed_everything,
 )
 from bnas.search_state import SearchState
-from bnas.supernet import CELL_TYPES, Selection, SuperNetwork
+from bnas.supernet import CELL_TYPES, Selection
 from bnas.training import (
     PhaseTimer,
     RunFolder,
@@ -170,6 +171,7 @@ class Search:
                 key="reduction.stages",
             )
         self.total_epochs = self.n_stages * rc.epochs_per_stage
+        require_phase(cfg, "search")  # a split smaller than one batch: refused before any folder exists
         self.folder = RunFolder(out_dir, cfg.result_identity(), OUTPUTS)
         self.out_dir = self.folder.path
         ckpt = self.folder.open(resume, cfg.to_dict())
@@ -179,8 +181,12 @@ class Search:
         self.sub_loader: torch.utils.data.DataLoader | None = None
         with isolated_rng(self.device):
             seed_everything(cfg.seed)
+            # The network layout (cifar or imagenet, bnas.networks) picks the super-network and the
+            # augmentation family of the loaders.
+            self.layout = NETWORKS.get(cfg.network_layout())
             self.train_loader, self.val_loader, self.info = search_loaders(
-                cfg.data, sc.batch_size, cfg.seed, self.device, self.fast.placement
+                cfg.data, sc.batch_size, cfg.seed, self.device, self.fast.placement,
+                transforms=self.layout.transforms,
             )
             # Resident memory once the data is loaded: the search's own memory is what the peak adds.
             self.rss_after_data_mib = rss_mib("VmRSS")
@@ -203,7 +209,7 @@ class Search:
         """A fresh super-network (initialised from the seed) with its optimizers and strategy."""
         cfg, sc = self.cfg, self.cfg.search
         torch.manual_seed(cfg.seed)  # the initial weights and alpha/beta depend on the seed alone
-        net = SuperNetwork(
+        net = self.layout.search_network(
             sc.init_channels,
             self.info.num_classes,
             sc.layers,
@@ -322,7 +328,7 @@ class Search:
             with self.timer("data"):
                 self.sub_loader = search_train_loader(
                     self.cfg.data, self.cfg.reduction.subnet_batch_size, self.cfg.seed, self.device,
-                    self.fast.placement,
+                    self.fast.placement, transforms=self.layout.transforms,
                 )
         return self.sub_loader
 
@@ -408,8 +414,10 @@ class Search:
         self.log(
             f"search: {cfg.binarization.method}, K={cfg.search.sampling_k}, strategy={rc.strategy}, "
             f"{self.n_stages} stages x {rc.epochs_per_stage} epochs, {len(cfg.search.ops)} ops/edge, "
-            f"device {self.device}, out {self.out_dir}"
+            f"{self.layout.name} network, device {self.device}, out {self.out_dir}"
         )
+        if is_class_folder(cfg.data.dataset):  # the user's own images
+            self.log(describe_classes(cfg.data))
         progress = Progress(self.total_epochs, label="epoch", done=st.global_epoch)
         while st.stage < self.n_stages:
             t_stage, phases_before, stage_train_s = time.perf_counter(), self.timer.snapshot(), 0.0

@@ -15,6 +15,11 @@ Sources: PC-DARTS (Xu et al., ICLR 2020) and BNAS (Chen et al., AAAI 2020); meth
 
 ``alpha`` and ``beta`` are shared by all cells of a type (normal or reduction), as in DARTS.
 Operations are built for ``C/K`` channels with non-affine BatchNorm during search.
+
+Two stems: :class:`SuperNetwork` has the CIFAR one (a 3x3 conv, full resolution);
+:class:`SuperNetworkImageNet` has PC-DARTS' ImageNet one (``model_search_imagenet.py`` [C]: three
+stride-2 3x3 convs, 224 -> 28 px, in two stems; 8 cells, C = 16 there). Everything after the stem is
+shared.
 """
 
 from __future__ import annotations
@@ -180,13 +185,9 @@ class SuperNetwork(nn.Module):
             edge_ops = {t: [list(ops) for _ in range(n_e)] for t in CELL_TYPES}
         self.edge_ops = {t: [list(e) for e in edge_ops[t]] for t in CELL_TYPES}
 
-        C_curr = stem_multiplier * C
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr)
-        )
-        C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
+        C_prev_prev, C_prev, reduction_prev = self._build_stem(C, stem_multiplier, in_channels)
+        C_curr = C
         self.cells = nn.ModuleList()
-        reduction_prev = False
         for i in range(layers):
             reduction = i in (layers // 3, 2 * layers // 3)
             if reduction:
@@ -216,6 +217,21 @@ class SuperNetwork(nn.Module):
         )
         self.betas = nn.ParameterDict({t: nn.Parameter(1e-3 * torch.randn(n_e)) for t in CELL_TYPES})
         self._forget_structure()
+
+    def _build_stem(self, C: int, stem_multiplier: int, in_channels: int) -> tuple[int, int, bool]:
+        """Build the stem; return (channels of s0, channels of s1, whether s0 must be halved).
+
+        CIFAR [C]: one full-precision 3x3 conv to ``stem_multiplier * C`` channels, BN; s0 = s1."""
+        C_stem = stem_multiplier * C
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, C_stem, 3, padding=1, bias=False), nn.BatchNorm2d(C_stem)
+        )
+        return C_stem, C_stem, False
+
+    def _stem_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(s0, s1): the two inputs of the first cell."""
+        s = self.stem(x)
+        return s, s
 
     # ---------------------------------------------------------------- per set of operations
     def _forget_structure(self) -> None:
@@ -323,9 +339,39 @@ class SuperNetwork(nn.Module):
         for t in CELL_TYPES:
             op_w = self.op_probabilities(t) if selection is None else None
             weights[t] = (op_w, self.edge_weights(t))
-        s0 = s1 = self.stem(x)
+        s0, s1 = self._stem_forward(x)
         for cell in self.cells:
             op_w, edge_w = weights[cell.cell_type]
             choice = selection.for_cell(cell.cell_type) if selection is not None else None
             s0, s1 = s1, cell(s0, s1, op_w, edge_w, choice)
         return self.classifier(self.global_pooling(s1).flatten(1))
+
+
+class SuperNetworkImageNet(SuperNetwork):
+    """The super-network with PC-DARTS' ImageNet stem (``model_search_imagenet.py`` [C]).
+
+    ``stem0`` = conv 3x3 s2 to C/2, BN, ReLU, conv 3x3 s2 to C, BN; ``stem1`` = ReLU, conv 3x3 s2 to C,
+    BN: 224 -> 28 px before the first cell, whose s0 (``stem0``, twice s1's resolution) goes through a
+    full-precision factorized reduce. ``stem_multiplier`` does not apply (the stems output C).
+    """
+
+    def _build_stem(self, C: int, stem_multiplier: int, in_channels: int) -> tuple[int, int, bool]:
+        if C % 2:
+            raise ValueError(f"the ImageNet stem halves C first: init_channels must be even, got {C}")
+        self.stem0 = nn.Sequential(
+            nn.Conv2d(in_channels, C // 2, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(C // 2),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(C // 2, C, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(C),
+        )
+        self.stem1 = nn.Sequential(
+            nn.ReLU(inplace=False),  # stem0's output is also the first cell's s0
+            nn.Conv2d(C, C, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(C),
+        )
+        return C, C, True
+
+    def _stem_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s0 = self.stem0(x)
+        return s0, self.stem1(s0)

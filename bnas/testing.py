@@ -22,6 +22,9 @@ __all__ = [
     "make_fake_cifar",
     "make_fake_cifar100",
     "make_fake_folder",
+    "make_fake_imagenet",
+    "make_image_folder",
+    "write_image",
     "write_png",
 ]
 
@@ -122,9 +125,64 @@ def make_fake_folder(root: Path, per_class: int = 8, n_test: int = 3, size: int 
     return root
 
 
+def write_image(img: torch.Tensor, path: Path, quality: int = 90) -> None:
+    """Save a uint8 C x H x W tensor (C = 1: grayscale) in the format of ``path``'s suffix (PIL)."""
+    from PIL import Image
+
+    arr = img[0].numpy() if img.shape[0] == 1 else img.permute(1, 2, 0).numpy()
+    im = Image.fromarray(arr, mode="L" if img.shape[0] == 1 else "RGB")
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        im.save(path, quality=quality)
+    else:
+        im.save(path)
+
+
+def make_image_folder(
+    root: Path,
+    classes: tuple[str, ...] = FOLDER_CLASSES,
+    per_class: int = 6,
+    n_test: int = 2,
+    sizes: tuple[tuple[int, int], ...] = ((40, 48), (48, 40), (33, 57)),
+    formats: tuple[str, ...] = (".jpg", ".png"),
+    grayscale_every: int = 4,
+    test_name: str = "test",
+    seed: int = 0,
+) -> Path:
+    """A class-folder dataset of JPEG and PNG files of odd, mixed sizes, some of them grayscale.
+
+    Image ``i`` of a class has size ``sizes[i % len(sizes)]`` (height, width), format
+    ``formats[i % len(formats)]`` and is single-channel when ``i % grayscale_every == grayscale_every - 1``.
+    Class ``c``'s images are brightest in colour channel ``c % 3`` (learnable). ``test_name`` may be
+    ``val`` (the ImageNet layout). Returns ``root``.
+    """
+    root = Path(root)
+    g = torch.Generator().manual_seed(seed)
+    for split, n in (("train", per_class), (test_name, n_test)):
+        for c, name in enumerate(classes):
+            d = root / split / name
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                h, w = sizes[i % len(sizes)]
+                img = torch.randint(0, 80, (3, h, w), generator=g, dtype=torch.uint8)
+                img[c % 3] += 150
+                if grayscale_every and i % grayscale_every == grayscale_every - 1:
+                    img = img.float().mean(0, keepdim=True).round().to(torch.uint8)
+                write_image(img, d / f"{i:04d}{formats[i % len(formats)]}")
+    return root
+
+
+def make_fake_imagenet(root: Path, per_class: int = 6, n_test: int = 2, seed: int = 0) -> Path:
+    """A tiny ImageNet-layout folder: ``train/<wnid>/*.JPEG`` and ``val/<wnid>/*.JPEG``, odd sizes."""
+    wnids = ("n01440764", "n01443537", "n01484850")
+    return make_image_folder(
+        root, wnids, per_class, n_test, formats=(".JPEG",), test_name="val", seed=seed
+    )
+
+
 # One writer per registered dataset: a new DATASETS entry must add its writer here (a test checks it).
 FAKE_DATASETS: dict[str, Callable[[Path], Path]] = {
     "cifar10": make_fake_cifar,
     "cifar100": make_fake_cifar100,
     "folder": make_fake_folder,
+    "imagenet": make_fake_imagenet,
 }

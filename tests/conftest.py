@@ -1,8 +1,15 @@
-"""Shared fixtures: a tiny fake CIFAR-10 for every machine, and the real copy in ../shared/data if present."""
+"""Shared fixtures: a tiny fake CIFAR-10 for every machine, and a real copy where one is available.
+
+The real copy is found by ``$BNAS_TEST_DATA_ROOT`` (a folder holding ``cifar-10-batches-py/``), else
+``../shared/data`` next to the checkout (this project's machines). ``BNAS_TEST_DATA_ROOT=none`` hides
+both: the suite then runs as on a fresh clone, on the fake dataset alone.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -11,6 +18,16 @@ from bnas.testing import make_fake_cifar
 
 # The rebuilt CIFAR-10 copy lives next to the repository, never inside it (see ../shared/data/README.md).
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+#: Points the tests at a real CIFAR-10 (a separate name from BNAS_DATA_ROOT, which the CLIs read).
+TEST_DATA_ENV = "BNAS_TEST_DATA_ROOT"
+
+
+def real_cifar_root(environ: Mapping[str, str] = os.environ) -> Path | None:
+    """The real CIFAR-10 the tests may use: ``$BNAS_TEST_DATA_ROOT`` when set (any value that is not a
+    folder with ``cifar-10-batches-py/``, such as ``none``, means "no real data"), else ../shared/data."""
+    raw = environ.get(TEST_DATA_ENV)
+    root = Path(raw).expanduser() if raw is not None else SHARED_DATA
+    return root.resolve() if raw != "" and (root / "cifar-10-batches-py").is_dir() else None
 
 
 @pytest.fixture(scope="session")
@@ -21,10 +38,17 @@ def fake_cifar_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def cifar_root(fake_cifar_root: Path) -> Path:
-    """The real (rebuilt) CIFAR-10 when ../shared/data has it, else the fake one (CI)."""
-    if (SHARED_DATA / "cifar-10-batches-py").is_dir():
-        return SHARED_DATA
-    return fake_cifar_root
+    """The real CIFAR-10 (:func:`real_cifar_root`) when there is one, else the fake one (a fresh clone)."""
+    return real_cifar_root() or fake_cifar_root
+
+
+@pytest.fixture(scope="session")
+def real_cifar() -> Path:
+    """The real CIFAR-10 copy (:func:`real_cifar_root`); the test is skipped where there is none."""
+    root = real_cifar_root()
+    if root is None:
+        pytest.skip(f"no real CIFAR-10 copy (set {TEST_DATA_ENV}, or place one at {SHARED_DATA})")
+    return root
 
 
 @pytest.fixture(scope="session", autouse=True)

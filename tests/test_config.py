@@ -24,6 +24,8 @@ from bnas.config import (
     describe_settings,
     load_config,
     parse_overrides,
+    phase_problems,
+    read_yaml,
     setting,
 )
 from bnas.data import DATASETS
@@ -323,3 +325,120 @@ def test_config_error_keeps_its_problems_across_processes() -> None:
 def test_a_setting_needs_a_known_source_mark() -> None:
     with pytest.raises(ValueError, match="source mark 'paper'"):
         setting(1, "paper", "a constant without a valid mark")
+
+
+# --------------------------------------------------------------------------------------------
+# Hardening: the YAML loader, rules between settings, and what each phase needs (issue 13)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content, key, words",
+    [
+        (b"seed: 1\nseed: 2\n", "seed", ["given twice", "line 1 ('1') and line 2 ('2')"]),
+        (b"search:\n  layers: 3\n  layers: 5\n", "search.layers", ["given twice", "'3'", "'5'"]),
+        (b"search: {ops: [skip_connect], ops: [none]}\n", "search.ops", ["given twice"]),
+        (b"a:\n  - {b: 1, b: 2}\n", "a[0].b", ["given twice"]),
+        (b"\x80\x81 garbage", None, ["is not UTF-8 text", "byte 0x80 at offset 0, line 1"]),
+        (b"seed: 1\n# caf\xe9\n", None, ["is not UTF-8 text", "byte 0xe9", "line 2"]),
+        (b"seed: \x00\n", None, ["malformed YAML", "#x0000"]),
+        (b"search: {layers: 3\n", None, ["malformed YAML at line 2"]),
+        (b"!!python/object/apply:os.system [echo hi]\n", None, ["malformed YAML", "python/object"]),
+    ],
+)
+def test_read_yaml_refuses_what_it_cannot_read_faithfully(
+    tmp_path: Path, content: bytes, key: str | None, words: list[str]
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as err:
+        read_yaml(path)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: ") and err.value.key == key, msg
+    for w in words:
+        assert w in msg, msg
+
+
+def test_read_yaml_accepts_merge_keys_and_a_bom(tmp_path: Path) -> None:
+    path = tmp_path / "ok.yaml"
+    path.write_bytes(b"\xef\xbb\xbfbase: &b {layers: 3, nodes: 4}\nsearch:\n  <<: *b\n  layers: 5\n")
+    assert read_yaml(path) == {"base": {"layers": 3, "nodes": 4}, "search": {"layers": 5, "nodes": 4}}
+
+
+def test_set_values_with_a_duplicate_key_are_refused() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_overrides(["search={layers: 3, layers: 4}"])
+    assert err.value.key == "search.layers" and "given twice" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "data, key, words",
+    [
+        ({"search": {"ops": ["skip_connect"]}}, "search.ops", "leaves the 'performance' strategy nothing"),
+        ({"search": {"ops": ["max_pool_3x3"]}, "reduction": {"strategy": "alpha"}}, "search.ops", "'alpha'"),
+        ({"search": {"ops": ALL_OPS[:3]}, "reduction": {"stages": 3}}, "reduction.stages", "3 stages"),
+        ({"data": {"train_subset": 9}}, "data.train_subset", "9 images cannot hold one of each of the 10"),
+        ({"data": {"dataset": "cifar100", "train_subset": 64}}, "data.train_subset", "the 100 classes"),
+    ],
+)
+def test_rules_between_settings(data: dict, key: str, words: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(data, "x.yaml")
+    assert err.value.key == key and words in str(err.value)
+
+
+def test_one_op_without_reduction_is_a_valid_search() -> None:
+    cfg = config_from_dict({"search": {"ops": ["sep_conv_3x3"]}, "reduction": {"strategy": "none"}})
+    assert cfg.search.ops == ["sep_conv_3x3"]
+
+
+@pytest.mark.parametrize(
+    "data, phase, words",
+    [
+        ({"data": {"train_subset": 100}, "search": {"batch_size": 64}}, "search", "100 images leave 50"),
+        (
+            {"data": {"train_subset": 100, "val_fraction": 0.8}, "search": {"batch_size": 32}},
+            "search",
+            "leave 20",
+        ),
+        ({"data": {"train_subset": 64}, "retrain": {"batch_size": 96}}, "retrain", "fewer than one retrain"),
+        ({"data": {"train_subset": 128}, "search": {"batch_size": 64}}, "search", None),
+        ({"data": {"train_subset": 64}, "retrain": {"batch_size": 64}}, "retrain", None),
+        ({"data": {"train_subset": None}, "search": {"batch_size": 4096}}, "search", None),
+    ],
+)
+def test_phase_problems(data: dict, phase: str, words: str | None) -> None:
+    problems = phase_problems(config_from_dict(data), phase)
+    if words is None:
+        assert problems == []
+    else:
+        assert [k for k, _ in problems] == ["data.train_subset"] and words in problems[0][1]
+
+
+@pytest.mark.parametrize(
+    "command, settings, words",
+    [
+        ("search", "seed: 0\nseed: 1\n", "seed: given twice"),
+        ("search", "search: {ops: [skip_connect]}\n", "search.ops: ['skip_connect'] leaves"),
+        ("search", "data: {train_subset: 64}\nsearch: {batch_size: 64}\n", "64 images leave 32"),
+        ("search", "data: {train_subset: 5}\n", "cannot hold one of each"),
+        ("search", "search: {lr: .nan}\n", "search.lr: expected float, got NaN"),
+        ("retrain", "data: {train_subset: 32}\nretrain: {batch_size: 64}\n", "fewer than one retraining"),
+        ("retrain", b"\xff\xfe", "is not UTF-8 text"),
+    ],
+)
+def test_core_cli_refuses_before_any_folder(
+    tmp_path: Path, fake_cifar_root: Path, capsys, command: str, settings: str | bytes, words: str
+) -> None:
+    from bnas.__main__ import main
+
+    path = tmp_path / "exp.yaml"
+    (path.write_bytes if isinstance(settings, bytes) else path.write_text)(settings)
+    out = tmp_path / "run"
+    argv = [command, "--config", str(path), "--out", str(out), "--data-root", str(fake_cifar_root)]
+    if command == "retrain":
+        argv += ["--genotype", "bnas_xnor"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and words in err and "Traceback" not in err, err
+    assert not out.exists()

@@ -46,7 +46,6 @@ from bnas.testing import (
 # Fake data never matches the official MD5 sums; the warning is tested explicitly where it matters.
 pytestmark = pytest.mark.filterwarnings("ignore::bnas.data.DataIntegrityWarning")
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -57,17 +56,17 @@ def any_dataset(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
 
 
 def test_registry_holds_the_documented_datasets() -> None:
-    assert DATASETS.names() == ["cifar10", "cifar100", "folder"]
+    assert DATASETS.names() == ["cifar10", "cifar100", "folder", "imagenet"]
     assert set(FAKE_DATASETS) == set(DATASETS), "add a fake writer to bnas.testing.FAKE_DATASETS"
 
 
 def test_unknown_dataset_name_lists_the_valid_ones(tmp_path: Path) -> None:
-    with pytest.raises(UnknownNameError, match="cifar10, cifar100, folder"):
-        DATASETS.get("imagenet")
+    with pytest.raises(UnknownNameError, match="cifar10, cifar100, folder, imagenet"):
+        DATASETS.get("svhn")
     # The configuration rejects the name first; a settings object that skipped it still fails here.
-    unchecked = SimpleNamespace(dataset="imagenet", root=str(tmp_path), download=False, image_size=32)
+    unchecked = SimpleNamespace(dataset="svhn", root=str(tmp_path), download=False, image_size=32)
     for fn in (get_info, load_dataset):
-        with pytest.raises(UnknownNameError, match="cifar10, cifar100, folder"):
+        with pytest.raises(UnknownNameError, match="cifar10, cifar100, folder, imagenet"):
             fn(unchecked)
 
 
@@ -267,12 +266,10 @@ def test_integrity_warning_is_emitted_once_and_loading_goes_on(fake_cifar_root: 
     assert len(hits) == 1 and "loaded anyway" in str(hits[0].message)
 
 
-def test_real_shared_cifar10_loads_despite_checksums() -> None:
-    if not (SHARED_DATA / "cifar-10-batches-py").is_dir():
-        pytest.skip(f"no CIFAR-10 copy at {SHARED_DATA}")
+def test_real_shared_cifar10_loads_despite_checksums(real_cifar: Path) -> None:
     clear_cache()
     with pytest.warns(DataIntegrityWarning, match="MD5"):
-        data = load_dataset(DataConfig(root=str(SHARED_DATA)))
+        data = load_dataset(DataConfig(root=str(real_cifar)))
     assert data.train_images.shape == (50000, 3, 32, 32) and data.test_images.shape == (10000, 3, 32, 32)
     assert data.train_labels.bincount().tolist() == [5000] * 10
     assert data.test_labels.bincount().tolist() == [1000] * 10
@@ -522,3 +519,32 @@ def test_write_cifar10_subset_round_trips(fake_cifar_root: Path, tmp_path: Path)
     idx = train_indices(cfg)
     assert torch.equal(small.train_images, full.train_images[idx])
     assert torch.equal(small.train_labels, full.train_labels[idx])
+
+
+class _MakesDirs:
+    """Pickles as a call of ``os.makedirs(path)``: unpickling it would run code."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        import os
+
+        return (os.makedirs, (self.path,))
+
+
+@pytest.mark.parametrize("victim", ["data_batch_1", "batches.meta"])
+def test_a_crafted_cifar_pickle_is_refused_and_runs_nothing(
+    fake_cifar_root: Path, tmp_path: Path, victim: str
+) -> None:
+    """A dataset folder may come from anywhere: only plain data and NumPy arrays are unpickled."""
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(fake_cifar_root, root)
+    marker = tmp_path / "code_ran"
+    target = root / "cifar-10-batches-py" / victim
+    target.write_bytes(pickle.dumps({b"data": _MakesDirs(marker), b"labels": [0]}, protocol=2))
+    with pytest.raises(ConfigError, match=r"holds os.makedirs, which a CIFAR file never holds"):
+        DATASETS.get("cifar10").read_uncached(root)
+    assert not marker.exists()

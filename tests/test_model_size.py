@@ -14,7 +14,8 @@ from torch import nn
 
 from bnas.binarization import BINARIZATIONS, BinaryConv2d, BinarySpec
 from bnas.eval_network import EvalNetwork
-from bnas.export import MAGIC, PackedFormatError, export_packed, load_packed, read_packed
+from bnas.export import MAGIC, MAGIC_V1, PackedFormatError, export_packed, load_packed, read_packed
+from bnas.folding import ChannelAffine, FoldedConv2d, fold_network, is_folded
 from bnas.genotype import GENOTYPES
 from bnas.model_size import size_report
 
@@ -28,6 +29,10 @@ KEYS = {
     "packed_bytes",
     "fp32_bytes",
     "compression",
+    "folded_floats",
+    "packed_bytes_unfolded",
+    "fp32_bytes_unfolded",
+    "compression_unfolded",
 }
 
 
@@ -92,8 +97,25 @@ def test_report_follows_the_documented_rule(method: str) -> None:
     assert r["binary_params"] == n_binary
     assert r["params"] == n_params == r["binary_params"] + r["fp_params"]
     assert r["scales"] == n_scales and r["bn_stats"] == n_stats
-    assert r["packed_bytes"] == math.ceil(n_binary / 8) + 4 * (n_params - n_binary + n_scales + n_stats)
-    assert r["fp32_bytes"] == 4 * (n_params + n_stats)
+    unfolded = math.ceil(n_binary / 8) + 4 * (n_params - n_binary + n_scales + n_stats)
+    assert r["packed_bytes_unfolded"] == unfolded
+    assert r["fp32_bytes_unfolded"] == 4 * (n_params + n_stats)
+    # Folded (v2): per BN channel 2 values instead of 4; a binary conv before a BN keeps no scale of
+    # its own; a binary conv without BN keeps its scales; an fp conv before a BN gains a bias.
+    bns = [m for n, m in net.named_modules() if isinstance(m, nn.BatchNorm2d) and not n.startswith("aux")]
+    bn_channels = sum(m.num_features for m in bns)
+    folded = fold_network(net)
+    convs = [m for m in folded.modules() if isinstance(m, FoldedConv2d)]
+    kept_scales = sum(m.weight_scale.numel() for m in convs if m.weight_scale is not None)
+    fp_conv_biases = sum(m.bias.numel() for m in convs if not m.binary and m.bias is not None)
+    n_bn_affine = 2 * bn_channels  # BN weight and bias are fp params in the unfolded count
+    n_floats = (n_params - n_binary - n_bn_affine) + 2 * bn_channels + kept_scales
+    # an fp conv folded with its BN: the BN's 2 values become the conv's bias (1) and its weight (0)
+    n_floats -= sum(m.bias.numel() for m in convs if not m.binary and m.bias is not None)
+    assert fp_conv_biases > 0 and r["folded_floats"] == n_floats
+    assert r["packed_bytes"] == math.ceil(n_binary / 8) + 4 * n_floats
+    assert r["fp32_bytes"] == 4 * (n_binary + n_floats)
+    assert r["packed_bytes"] < r["packed_bytes_unfolded"]
 
 
 def test_fp_has_no_binary_params_and_no_saving() -> None:
@@ -123,6 +145,11 @@ def test_per_channel_scales_cost_more_than_per_layer() -> None:
     assert ch["scales"] > layer["scales"] and ch["packed_bytes"] > layer["packed_bytes"]
 
 
+def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """max |out - ref| / max |ref|: the "relative" of the packed format's 1e-5 promise."""
+    return float((out - ref).abs().max() / ref.abs().max())
+
+
 @pytest.mark.parametrize("activations", ["real", "binary"])
 @pytest.mark.parametrize("method", METHODS)
 def test_packed_export_round_trip(method: str, activations: str, tmp_path: Path) -> None:
@@ -132,24 +159,69 @@ def test_packed_export_round_trip(method: str, activations: str, tmp_path: Path)
         ref, _ = net(x)
     path = tmp_path / "model.bnas"
     header = export_packed(net, path)
+    assert path.read_bytes()[:8] == MAGIC and header["version"] == 2
     loaded = load_packed(path)
-    assert not loaded.training and loaded.auxiliary_head is None
+    assert not loaded.training and loaded.auxiliary_head is None and is_folded(loaded)
     with torch.no_grad():
         out, aux = loaded(x)
     assert aux is None
-    assert torch.allclose(out, ref, atol=1e-5)
+    assert _rel_err(out, ref) < 1e-5
 
     report = size_report(net)
-    # The payload is exactly the accounted packed size; the rest is a small header.
+    # The payload is exactly the accounted (folded) packed size; the rest is a small header.
     _, payload = read_packed(path)
     assert len(payload) == report["packed_bytes"] == header["payload_bytes"]
     assert path.stat().st_size - report["packed_bytes"] < 2048
     assert header["binary_params"] == report["binary_params"]
     assert header["genotype_digest"] == GENOTYPES.get("bnas_xnor").digest
-    # The loaded network accounts the same and exports to the same payload again.
-    assert size_report(loaded) == report
+    # Folded means no BN statistics in the file: 2 values per BN channel, not 4.
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in loaded.modules())
+    assert any(isinstance(m, ChannelAffine) for m in loaded.modules())
+    # The loaded network exports to the same payload again.
     export_packed(loaded, tmp_path / "again.bnas")
     assert read_packed(tmp_path / "again.bnas")[1] == payload
+
+
+@pytest.mark.parametrize("activations", ["real", "binary"])
+@pytest.mark.parametrize("method", METHODS)
+def test_v1_files_still_load(method: str, activations: str, tmp_path: Path) -> None:
+    """A file in the old unfolded layout loads to the exported network's exact eval outputs."""
+    net = _trained_like(_net(method, activations, genotype="pc_darts"))
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        ref, _ = net(x)
+    path = tmp_path / "v1.bnas"
+    header = export_packed(net, path, version=1)
+    assert path.read_bytes()[:8] == MAGIC_V1 and header["version"] == 1
+    assert header["payload_bytes"] == size_report(net)["packed_bytes_unfolded"]
+    loaded = load_packed(path)
+    with torch.no_grad():
+        assert torch.equal(loaded(x)[0], ref)
+    assert size_report(loaded) == size_report(net)
+
+
+def test_v1_headers_without_network_key_load(tmp_path: Path) -> None:
+    """v1 files written before the header named the network class still load (as EvalNetwork)."""
+    net = _trained_like(_net("xnor", C=4, layers=3))
+    path = tmp_path / "old.bnas"
+    export_packed(net, path, version=1)
+    header, payload = read_packed(path)
+    del header["network"]
+    head = json.dumps(header, sort_keys=True).encode()
+    path.write_bytes(MAGIC_V1 + struct.pack("<I", len(head)) + head + payload)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(load_packed(path)(x)[0], net(x)[0])
+
+
+def test_folded_network_cannot_be_written_as_v1_or_accounted(tmp_path: Path) -> None:
+    folded = fold_network(_net("xnor", C=4, layers=3))
+    with pytest.raises(PackedFormatError, match="folded"):
+        export_packed(folded, tmp_path / "x.bnas", version=1)
+    with pytest.raises(ValueError, match="unfolded"):
+        size_report(folded)
+    with pytest.raises(ValueError, match="version"):
+        export_packed(_net("xnor", C=4, layers=3), tmp_path / "x.bnas", version=3)
 
 
 def _with_payload(path: Path, payload: bytes, out: Path) -> Path:
@@ -157,7 +229,7 @@ def _with_payload(path: Path, payload: bytes, out: Path) -> Path:
     header, _ = read_packed(path)
     header["payload_sha256"] = hashlib.sha256(payload).hexdigest()
     head = json.dumps(header, sort_keys=True).encode()
-    out.write_bytes(MAGIC + struct.pack("<I", len(head)) + head + payload)
+    out.write_bytes(path.read_bytes()[:8] + struct.pack("<I", len(head)) + head + payload)
     return out
 
 
@@ -169,9 +241,10 @@ def test_the_file_holds_bits(tmp_path: Path) -> None:
     payload = bytearray(read_packed(path)[1])
     payload[0] ^= 0x80  # the first weight of the first binary layer
     loaded = load_packed(_with_payload(path, bytes(payload), tmp_path / "flipped.bnas"))
-    first = next(m for m in net.modules() if isinstance(m, BinaryConv2d))
-    flipped = next(m for m in loaded.modules() if isinstance(m, BinaryConv2d))
-    w0, w1 = first.binarized_weight().detach(), flipped.weight.detach()
+    first = next(m for m in fold_network(net).modules() if isinstance(m, FoldedConv2d) and m.binary)
+    flipped = next(m for m in loaded.modules() if isinstance(m, FoldedConv2d) and m.binary)
+    w0, w1 = first.weight, flipped.weight
+    assert set(w0.unique().tolist()) == {-1.0, 1.0}
     assert (w0 != w1).nonzero().tolist() == [[0, 0, 0, 0]]
     assert w1.flatten()[0] == -w0.flatten()[0]
 

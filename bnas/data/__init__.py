@@ -7,8 +7,11 @@ One concept per module:
 * :mod:`~bnas.data.sources` -- the :data:`DATASETS` registry (CIFAR-10/100, image folders): layout,
   integrity check, reading from disk.
 * :mod:`~bnas.data.loading` -- a dataset in memory at the configured size, cached per process.
+* :mod:`~bnas.data.streaming` -- class folders too large for memory: a file index, images decoded per
+  item in the loader workers; the ``imagenet`` dataset.
 * :mod:`~bnas.data.splits` -- the fixed class-balanced subsets and the seeded search split.
-* :mod:`~bnas.data.transforms` -- evaluation normalisation and training augmentation.
+* :mod:`~bnas.data.transforms` -- evaluation normalisation and training augmentation (CIFAR and ImageNet
+  families).
 * :mod:`~bnas.data.loaders` -- the tensor dataset and the seeded search / retraining loaders.
 * :mod:`~bnas.data.device_loader` -- the images held on the accelerator, augmented there in batches.
 * :mod:`~bnas.data.cifar_writer` -- writing CIFAR-10 files (a subset of real data, for benchmarks).
@@ -26,20 +29,36 @@ from bnas.data.loaders import (
     search_loaders,
     search_train_loader,
 )
-from bnas.data.loading import LoadedData, clear_cache, get_info, load_dataset
+from bnas.data.loading import LoadedData, clear_cache, dataset_labels, get_info, load_dataset
 from bnas.data.roots import DEFAULT_ROOT, ENV_ROOT, resolve_data_root, resolve_root
 from bnas.data.sources import (
     DATASETS,
+    BadDatasetError,
     DataIntegrityWarning,
     DatasetInfo,
     DatasetNotFoundError,
     DatasetSource,
 )
 from bnas.data.splits import balanced_order, search_split, test_indices, train_indices
-from bnas.data.transforms import EvalTransform, TrainTransform
+from bnas.data.streaming import (
+    FolderIndex,
+    StreamingImageDataset,
+    describe_classes,
+    folder_index,
+    is_class_folder,
+    uses_streaming,
+)
+from bnas.data.transforms import (
+    EvalTransform,
+    ImageNetEvalTransform,
+    ImageNetTrainTransform,
+    TrainTransform,
+    make_transforms,
+)
 
 __all__ = [
     "DATASETS",
+    "BadDatasetError",
     "DEFAULT_ROOT",
     "ENV_ROOT",
     "DataIntegrityWarning",
@@ -50,13 +69,22 @@ __all__ = [
     "DeviceAugment",
     "DeviceLoader",
     "EvalTransform",
+    "FolderIndex",
+    "ImageNetEvalTransform",
+    "ImageNetTrainTransform",
     "ImageTensorDataset",
     "LoadedData",
+    "StreamingImageDataset",
     "TrainTransform",
     "balanced_order",
     "clear_cache",
+    "dataset_labels",
+    "describe_classes",
+    "folder_index",
+    "is_class_folder",
     "get_info",
     "load_dataset",
+    "make_transforms",
     "reseed_loader",
     "resolve_data_root",
     "resolve_root",
@@ -66,6 +94,7 @@ __all__ = [
     "search_split",
     "test_indices",
     "train_indices",
+    "uses_streaming",
     "write_cifar10",
     "write_cifar10_subset",
 ]

@@ -3,6 +3,10 @@
 Every random stream of a run (shuffle order and augmentation, per loader) is derived from the run seed,
 so the same seed gives the same batches for any ``num_workers``; :func:`reseed_loader` makes each pass a
 function of two seeds alone, which is what lets a resumed run repeat an uninterrupted one exactly.
+
+Class folders too large for memory are streamed (:class:`~bnas.data.streaming.StreamingImageDataset`,
+decoded in the workers) with the same seeds and index sets; ``transforms`` picks the augmentation
+family of the network layout (``cifar`` or ``imagenet``, :func:`~bnas.data.transforms.make_transforms`).
 """
 
 from __future__ import annotations
@@ -14,10 +18,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from bnas.data.device_loader import DataPlacement, DeviceLoader, device_loader, uint8_bytes
-from bnas.data.loading import load_dataset
+from bnas.data.loading import get_info, load_dataset
 from bnas.data.sources import DatasetInfo
 from bnas.data.splits import search_split, test_indices, train_indices
-from bnas.data.transforms import EvalTransform, TrainTransform
+from bnas.data.streaming import StreamingImageDataset, folder_index, uses_streaming
+from bnas.data.transforms import EvalTransform, TrainTransform, make_transforms
 
 if TYPE_CHECKING:  # annotations only: bnas.config imports this package (DATASETS), not the reverse
     from bnas.config import DataConfig
@@ -68,7 +73,7 @@ class ImageTensorDataset(Dataset):
 def _seed_worker(worker_id: int) -> None:
     """Give each worker its own augmentation stream (otherwise all workers would repeat the same one)."""
     info = torch.utils.data.get_worker_info()
-    if info is not None and isinstance(info.dataset, ImageTensorDataset):
+    if info is not None and hasattr(info.dataset, "reseed"):  # in-memory or streamed
         info.dataset.reseed(info.seed % 2**63)
 
 
@@ -77,8 +82,30 @@ def _derive(seed: int, stream: int) -> int:
     return (int(seed) * 1_000_003 + stream * 7_919 + 12_345) % 2**63
 
 
+def _run_transforms(
+    cfg: DataConfig, info: DatasetInfo, kind: str, streamed: bool, cutout: int = 0, autoaugment: bool = False
+) -> tuple[Any, Any]:
+    """(train, eval) transforms of family ``kind`` with the data section's ImageNet settings."""
+    return make_transforms(
+        kind, info, cfg.image_size, streamed, cutout=cutout, autoaugment=autoaugment,
+        crop_scale_min=cfg.crop_scale_min, jitter=cfg.color_jitter, hue=cfg.hue_jitter,
+        eval_crop=cfg.eval_crop,
+    )
+
+
+def _streamed(
+    cfg: DataConfig, split: str, indices: torch.Tensor, transform: Any, seed: int
+) -> StreamingImageDataset:
+    """The streamed dataset over ``indices`` of ``split`` (``train`` or ``test``)."""
+    index = folder_index(cfg)
+    files, labels = (
+        (index.train_files, index.train_labels) if split == "train" else (index.test_files, index.test_labels)
+    )
+    return StreamingImageDataset(index.root, files, labels, indices, transform, seed, cfg.on_bad_image)
+
+
 def _loader(
-    dataset: ImageTensorDataset,
+    dataset: ImageTensorDataset | StreamingImageDataset,
     batch_size: int,
     shuffle: bool,
     seed: int,
@@ -119,18 +146,29 @@ def _search_loader(
     seed: int,
     device: torch.device | None,
     placement: DataPlacement | None,
+    transforms: str = "cifar",
 ) -> tuple[DataLoader | DeviceLoader, DatasetInfo]:
     """One split (``train`` or ``val``) of the search split, with that split's own seed streams.
 
     Whether the images go to the device is decided for the whole search split (both halves), so
     every loader of a search lands in the same place whichever split it serves.
     """
-    data = load_dataset(cfg)
     train_idx, val_idx = search_split(cfg, seed)
     idx = train_idx if split == "train" else val_idx
-    aug = TrainTransform.for_size(data.info, cfg.image_size)
     aug_stream, order_stream = _SEARCH_STREAMS[split]
-    if placement is not None and placement.on_device(
+    if uses_streaming(cfg):
+        info = get_info(cfg)
+        aug, _ = _run_transforms(cfg, info, transforms, streamed=True)
+        ds_s = _streamed(cfg, "train", idx, aug, _derive(seed, aug_stream))
+        return _loader(ds_s, batch_size, True, _derive(seed, order_stream), cfg, device), info
+    data = load_dataset(cfg)
+    aug = (
+        TrainTransform.for_size(data.info, cfg.image_size)
+        if transforms == "cifar"
+        else _run_transforms(cfg, data.info, transforms, streamed=False)[0]
+    )
+    # The device loader batches the CIFAR augmentation only; other families stay on the CPU loader.
+    if transforms == "cifar" and placement is not None and placement.on_device(
         device, uint8_bytes(data.train_images, [train_idx, val_idx])
     ):
         x, y = data.train_images, data.train_labels
@@ -148,14 +186,16 @@ def search_loaders(
     seed: int,
     device: torch.device | None = None,
     placement: DataPlacement | None = None,
+    transforms: str = "cifar",
 ) -> tuple[DataLoader | DeviceLoader, DataLoader | DeviceLoader, DatasetInfo]:
-    """(train, val, info) over the search split; both augmented with crop + flip (no cutout), as in DARTS.
+    """(train, val, info) over the search split; both augmented with crop + flip (no cutout), as in DARTS
+    (``transforms="imagenet"``: random resized crop, flip and colour jitter, as PC-DARTS on ImageNet).
 
     With a ``placement`` that puts the images on ``device``, both are :class:`DeviceLoader` objects
     (same seeds, batches built on the device; see :mod:`bnas.data.device_loader`).
     """
-    train, info = _search_loader("train", cfg, batch_size, seed, device, placement)
-    val, _ = _search_loader("val", cfg, batch_size, seed, device, placement)
+    train, info = _search_loader("train", cfg, batch_size, seed, device, placement, transforms)
+    val, _ = _search_loader("val", cfg, batch_size, seed, device, placement, transforms)
     return train, val, info
 
 
@@ -165,10 +205,11 @@ def search_train_loader(
     seed: int,
     device: torch.device | None = None,
     placement: DataPlacement | None = None,
+    transforms: str = "cifar",
 ) -> DataLoader | DeviceLoader:
     """The train half of the search split alone, at another batch size (the sampled sub-networks'):
     the same loader :func:`search_loaders` would return first, without building the validation one."""
-    return _search_loader("train", cfg, batch_size, seed, device, placement)[0]
+    return _search_loader("train", cfg, batch_size, seed, device, placement, transforms)[0]
 
 
 def retrain_loaders(
@@ -180,13 +221,18 @@ def retrain_loaders(
     autoaugment: bool = False,
     device: torch.device | None = None,
     placement: DataPlacement | None = None,
+    transforms: str = "cifar",
 ) -> tuple[DataLoader | DeviceLoader, DataLoader | DeviceLoader, DatasetInfo]:
     """(train, test, info): the whole (subset) training set augmented, the (subset) test set normalised.
 
     ``cutout`` is the hole side at 32x32 (scaled with ``cfg.image_size``); 0 turns it off. With a
     ``placement`` that puts the images on ``device`` (never with AutoAugment), both are
-    :class:`DeviceLoader` objects.
+    :class:`DeviceLoader` objects. ``transforms="imagenet"``: the ImageNet family (no Cutout or
+    AutoAugment; resize + centre crop for the streamed test set), always on the CPU loader.
     """
+    if uses_streaming(cfg) or transforms != "cifar":
+        return _retrain_loaders_cpu(cfg, batch_size, eval_batch_size, seed, cutout, autoaugment, device,
+                                    transforms)
     data = load_dataset(cfg)
     aug = TrainTransform.for_size(data.info, cfg.image_size, cutout=cutout, autoaugment=autoaugment)
     train_idx, test_idx = train_indices(cfg), test_indices(cfg)
@@ -209,4 +255,33 @@ def retrain_loaders(
         _loader(train_ds, batch_size, True, _derive(seed, 6), cfg, device),
         _loader(test_ds, eval_batch_size, False, _derive(seed, 7), cfg, device),
         data.info,
+    )
+
+
+def _retrain_loaders_cpu(
+    cfg: DataConfig,
+    batch_size: int,
+    eval_batch_size: int,
+    seed: int,
+    cutout: int,
+    autoaugment: bool,
+    device: torch.device | None,
+    transforms: str,
+) -> tuple[DataLoader, DataLoader, DatasetInfo]:
+    """:func:`retrain_loaders` for streamed data or the ImageNet family: CPU loaders, same seed streams."""
+    streamed = uses_streaming(cfg)
+    info = get_info(cfg)
+    aug, norm = _run_transforms(cfg, info, transforms, streamed, cutout, autoaugment)
+    train_idx, test_idx = train_indices(cfg), test_indices(cfg)
+    if streamed:
+        train_ds: Any = _streamed(cfg, "train", train_idx, aug, _derive(seed, 5))
+        test_ds: Any = _streamed(cfg, "test", test_idx, norm, 0)
+    else:
+        data = load_dataset(cfg)
+        train_ds = ImageTensorDataset(data.train_images, data.train_labels, train_idx, aug, _derive(seed, 5))
+        test_ds = ImageTensorDataset(data.test_images, data.test_labels, test_idx, norm)
+    return (
+        _loader(train_ds, batch_size, True, _derive(seed, 6), cfg, device),
+        _loader(test_ds, eval_batch_size, False, _derive(seed, 7), cfg, device),
+        info,
     )

@@ -3,6 +3,9 @@
 Images are held as one ``uint8`` tensor ``N x 3 x S x S`` per split, resized once here (never per item)
 and augmented per item on tensors later (:mod:`bnas.data.transforms`). Loaded data is cached in-process,
 keyed by dataset name, path and size, because the search and the retraining of one run load the same data.
+
+Class folders too large for memory are streamed instead (:mod:`bnas.data.streaming`); :func:`get_info`
+and :func:`dataset_labels` serve both paths, so the splits never decode an image.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from bnas.data.roots import resolve_root, root_origin
-from bnas.data.sources import DATASETS, DatasetInfo, RawArrays, clear_source_caches
+from bnas.data.sources import DATASETS, DatasetInfo, RawArrays, _FolderSource, clear_source_caches
+from bnas.data.streaming import clear_index_cache, folder_index, stream_info, uses_streaming
 
 if TYPE_CHECKING:  # annotations only: bnas.config imports this package (DATASETS), not the reverse
     from bnas.config import DataConfig
@@ -48,9 +52,12 @@ def _resize(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=4)
-def _load_cached(name: str, root: str, image_size: int) -> LoadedData:
+def _load_cached(name: str, root: str, image_size: int, on_bad: str) -> LoadedData:
     source = DATASETS.get(name)
-    arrays = source.read(Path(root), image_size)
+    if isinstance(source, _FolderSource):  # files that may be unreadable: skip or stop per data.on_bad_image
+        arrays = source.read(Path(root), image_size, on_bad)
+    else:
+        arrays = source.read(Path(root), image_size)
     arrays = RawArrays(
         _resize(arrays.train_images, image_size),
         arrays.train_labels,
@@ -78,20 +85,34 @@ def load_dataset(cfg: DataConfig) -> LoadedData:
     """
     source = DATASETS.get(cfg.dataset)
     root = source.ensure(resolve_root(cfg), cfg.download, root_origin(cfg))
-    return _load_cached(cfg.dataset, str(root), int(cfg.image_size))
+    return _load_cached(cfg.dataset, str(root), int(cfg.image_size), cfg.on_bad_image)
+
+
+def dataset_labels(cfg: DataConfig, split: str) -> torch.Tensor:
+    """The labels of ``split`` (``train`` or ``test``) in image order, from the file index when the
+    dataset is streamed (no image decoded), else from the loaded data."""
+    if uses_streaming(cfg):
+        index = folder_index(cfg)
+        return index.train_labels if split == "train" else index.test_labels
+    data = load_dataset(cfg)
+    return data.train_labels if split == "train" else data.test_labels
 
 
 def clear_cache() -> None:
-    """Forget every loaded dataset (tests; or to free memory)."""
+    """Forget every loaded dataset and scanned folder (tests; or to free memory)."""
     _load_cached.cache_clear()
     clear_source_caches()
+    clear_index_cache()
 
 
 def get_info(cfg: DataConfig) -> DatasetInfo:
     """Classes, channels and normalisation of ``cfg.dataset``.
 
-    CIFAR's constants need no file; ``folder`` loads its data (cached) to compute mean and std.
+    CIFAR's constants need no file; an in-memory ``folder`` loads its data (cached) to compute mean and
+    std, a streamed one estimates them from a sample (``imagenet``: published constants).
     """
     source = DATASETS.get(cfg.dataset)
+    if isinstance(source, _FolderSource):  # the class count (and maybe the statistics) need the files
+        return stream_info(cfg) if uses_streaming(cfg) else load_dataset(cfg).info
     info = source.static_info(int(cfg.image_size))
     return info if info is not None else load_dataset(cfg).info

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from bnas.data.roots import how_to_fix
+from bnas.errors import ConfigError
 from bnas.registry import Registry
 
 # [P]/[C] CIFAR images are 32x32; pixel lengths of the augmentation are given at this side.
@@ -40,6 +41,17 @@ class DataIntegrityWarning(UserWarning):
 
 class DatasetNotFoundError(FileNotFoundError):
     """The dataset is not where the configuration says; the message says where it looked and how to fix it."""
+
+
+class BadDatasetError(ValueError):
+    """The files are there but unusable: an empty class, an unreadable image, mismatched class sets.
+
+    The message names the folder or file and what would be valid (a user error: the CLIs exit 2)."""
+
+
+#: Names accepted for the held-out split of a class-folder dataset, in order of preference
+#: (ImageNet's layout calls it ``val/``).
+TEST_SPLIT_NAMES = ("test", "val")
 
 
 @dataclass(frozen=True)
@@ -100,10 +112,37 @@ def _md5(path: Path) -> str:
     return h.hexdigest()
 
 
+#: The only globals a CIFAR pickle names (NumPy arrays); unpickling anything else could run code.
+_CIFAR_GLOBALS = frozenset({
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),  # bytes in a protocol-2 pickle written by Python 3 (bnas.data.cifar_writer)
+})
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that builds plain data and NumPy arrays only (a dataset folder may come from
+    anywhere: a crafted ``data_batch_1`` must not run code when a run reads it)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict[str, Any]:
     """Load a CIFAR pickle; the official files are Python 2 pickles whose keys come back as bytes."""
-    with open(path, "rb") as f:
-        d = pickle.load(f, encoding="bytes")
+    try:
+        with open(path, "rb") as f:
+            d = _CifarUnpickler(f, encoding="bytes").load()
+    except pickle.UnpicklingError as e:
+        raise ConfigError(
+            f"holds {e}, which a CIFAR file never holds, and is refused: loading it could run code; "
+            "replace it with the official file",
+            str(path),
+        ) from None
     return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in d.items()}
 
 
@@ -150,10 +189,14 @@ class _CifarSource(DatasetSource):
             return root
         if download:
             try:
+                # torchvision checks the archive's and then every file's official MD5 sum.
                 self.tv_class(str(root), train=True, download=True)
-            except Exception as e:  # no internet, disk full, ...: say what we tried
+            except Exception as e:  # no internet, disk full, corrupted archive: say what we tried
                 raise DatasetNotFoundError(
-                    f"{self.title}: download into {root} failed ({type(e).__name__}: {e}). "
+                    f"{self.title}: download into {root} failed ({type(e).__name__}: {e}) from "
+                    f"{getattr(self.tv_class, 'url', 'the official server')}. Without network, copy the "
+                    f"dataset from a machine that has it ({self.folder}/ from the official archive) and "
+                    "point at it. "
                     + how_to_fix(f", i.e. the folder that contains {self.folder}/")
                 ) from e
             if not self._missing(root):
@@ -237,7 +280,17 @@ class _FolderSource(DatasetSource):
     """``<root>/train/<class>/*.png|jpg`` and ``<root>/test/<class>/...``; class names are the sub-folders."""
 
     name = "folder"
-    layout = "<root>/train/<class>/*.png|jpg|jpeg and <root>/test/<class>/*.png|jpg|jpeg"
+    layout = "<root>/train/<class>/*.png|jpg|jpeg and <root>/test/<class>/*.png|jpg|jpeg (or val/ for test/)"
+    #: The network layout ``network: auto`` picks for this dataset (:mod:`bnas.networks`).
+    default_network = "cifar"
+
+    @staticmethod
+    def test_dir(root: Path) -> Path:
+        """``<root>/test``, else ``<root>/val`` (ImageNet's name), else ``<root>/test`` (reported missing)."""
+        for name in TEST_SPLIT_NAMES:
+            if (root / name).is_dir():
+                return root / name
+        return root / TEST_SPLIT_NAMES[0]
 
     @staticmethod
     def _files(split_dir: Path) -> dict[str, list[Path]]:
@@ -250,9 +303,10 @@ class _FolderSource(DatasetSource):
     def ensure(self, root: Path, download: bool, origin: str) -> Path:
         note = " (data.download does not apply to the folder dataset)" if download else ""
         for split in ("train", "test"):
-            if not (root / split).is_dir():
+            if not (root / split).is_dir() and not (split == "test" and self.test_dir(root).is_dir()):
+                what = "train/" if split == "train" else "test/ (or val/)"
                 raise DatasetNotFoundError(
-                    f"folder dataset: no {split}/ sub-folder in {root} (root taken from {origin}){note}. "
+                    f"{self.name} dataset: no {what} sub-folder in {root} (root taken from {origin}){note}. "
                     f"Expected layout: {self.layout}. "
                     + how_to_fix(", i.e. the folder that contains train/ and test/")
                 )
@@ -268,35 +322,48 @@ class _FolderSource(DatasetSource):
                 f"folder dataset: class folder(s) {', '.join(empty)} under {root / 'train'} hold no "
                 f"{'/'.join(IMAGE_SUFFIXES)} images; remove them or add images"
             )
-        unknown = sorted(set(self._files(root / "test")) - set(train))
+        test = self._files(self.test_dir(root))
+        unknown = sorted(set(test) - set(train))
         if unknown:
-            raise ValueError(
-                f"folder dataset: {root / 'test'} has class folder(s) {', '.join(unknown)} that "
+            raise BadDatasetError(
+                f"folder dataset: {self.test_dir(root)} has class folder(s) {', '.join(unknown)} that "
                 f"{root / 'train'} lacks; the test classes must be a subset of the training classes"
+            )
+        empty = [c for c, files in test.items() if not files]
+        if empty:
+            raise BadDatasetError(
+                f"folder dataset: class folder(s) {', '.join(empty)} under {self.test_dir(root)} hold no "
+                f"{'/'.join(IMAGE_SUFFIXES)} images; remove them or add images"
             )
         return root
 
-    def read(self, root: Path, image_size: int) -> RawArrays:
-        return _read_folder_cached(str(root), image_size)
+    def read(self, root: Path, image_size: int, on_bad: str = "stop") -> RawArrays:
+        return _read_folder_cached(self.name, str(root), image_size, on_bad)
 
-    def read_uncached(self, root: Path, image_size: int) -> RawArrays:
-        from PIL import Image  # a torchvision dependency; torchvision.io's decoders are deprecated
-
+    def read_uncached(self, root: Path, image_size: int, on_bad: str = "stop") -> RawArrays:
         classes = tuple(self._files(root / "train"))
         index = {c: i for i, c in enumerate(classes)}
 
-        def split(name: str) -> tuple[list[torch.Tensor], list[int]]:
+        def split(folder: Path) -> tuple[list[torch.Tensor], list[int]]:
             imgs, labels = [], []
-            for cls, files in self._files(root / name).items():
+            for cls, files in self._files(folder).items():
                 for p in files:
-                    # Grayscale, palette and RGBA files all become 3-channel RGB, so every image stacks.
-                    with Image.open(p) as im:
-                        arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-                    imgs.append(torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous())
+                    try:
+                        imgs.append(decode_rgb(p))
+                    except BadDatasetError as e:
+                        if on_bad != "skip":
+                            raise BadDatasetError(
+                                f"{e}; fix or remove the file, or set data.on_bad_image: skip"
+                            ) from None
+                        warnings.warn(f"{e}; skipped (data.on_bad_image: skip)", DataIntegrityWarning,
+                                      stacklevel=2)
+                        continue
                     labels.append(index[cls])
             return imgs, labels
 
-        (tr_imgs, tr_y), (te_imgs, te_y) = split("train"), split("test")
+        (tr_imgs, tr_y), (te_imgs, te_y) = split(root / "train"), split(self.test_dir(root))
+        if not tr_imgs:
+            raise BadDatasetError(f"folder dataset: no readable training image under {root / 'train'}")
         shapes = {tuple(t.shape[-2:]) for t in tr_imgs + te_imgs}
         if len(shapes) != 1 or len({*next(iter(shapes))}) != 1:
             # Mixed or non-square sizes: bring each image to the configured side now, once.
@@ -305,7 +372,13 @@ class _FolderSource(DatasetSource):
         side = tr_imgs[0].shape[-1]
 
         def stack(imgs: list[torch.Tensor]) -> torch.Tensor:
-            return torch.stack(imgs) if imgs else torch.empty((0, 3, side, side), dtype=torch.uint8)
+            # Copied into one tensor image by image, each freed once copied: torch.stack would hold
+            # the list and the stacked copy at the same time (twice the decoded size).
+            out = torch.empty((len(imgs), 3, side, side), dtype=torch.uint8)
+            for i in range(len(imgs)):
+                out[i] = imgs[i]
+                imgs[i] = None  # type: ignore[call-overload]
+            return out
 
         return RawArrays(
             stack(tr_imgs),
@@ -324,17 +397,38 @@ class _FolderSource(DatasetSource):
 
 
 @functools.lru_cache(maxsize=2)
-def _read_folder_cached(root: str, image_size: int) -> RawArrays:
-    source = DATASETS.get("folder")
+def _read_folder_cached(name: str, root: str, image_size: int, on_bad: str) -> RawArrays:
+    source = DATASETS.get(name)
     assert isinstance(source, _FolderSource)
-    return source.read_uncached(Path(root), image_size)
+    return source.read_uncached(Path(root), image_size, on_bad)
 
 
-def _channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std in [0, 1] units, accumulated in float64 over chunks (bounded memory)."""
+def decode_rgb(path: Path | str) -> torch.Tensor:
+    """One image file as a uint8 ``3 x H x W`` tensor; raises :class:`BadDatasetError` naming the file.
+
+    PIL (a torchvision dependency) decodes: torchvision.io's decoders are deprecated since 0.29.
+    Grayscale, palette, CMYK and RGBA files all become 3-channel RGB, so every image stacks.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:  # truncated, not an image, ...
+        raise BadDatasetError(f"{path}: cannot be decoded as an image ({type(e).__name__}: {e})") from None
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+def _channel_stats(
+    images: torch.Tensor, chunk_values: int = 1 << 22
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std in [0, 1] units, accumulated in float64 over chunks of about
+    ``chunk_values`` pixel values (bounded memory: ~32 MiB per float64 temporary, whatever the image
+    size; a fixed 4096 images per chunk took 1.2 GB of temporaries at 64 px and 10 GB at 224 px)."""
     c = images.shape[1]
     s = torch.zeros(c, dtype=torch.float64)
     sq = torch.zeros(c, dtype=torch.float64)
+    chunk = max(1, chunk_values // max(1, images[0].numel() if len(images) else 1))
     for i in range(0, len(images), chunk):
         x = images[i : i + chunk].to(torch.float64) / 255.0
         s += x.sum(dim=(0, 2, 3))

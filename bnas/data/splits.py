@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from bnas.data.loading import load_dataset
+from bnas.data.loading import dataset_labels
 from bnas.errors import ConfigError
 
 if TYPE_CHECKING:  # annotations only: bnas.config imports this package (DATASETS), not the reverse
@@ -50,9 +50,16 @@ def balanced_order(labels: torch.Tensor, seed: int, proportional: bool = False) 
     return perm[idx]
 
 
-def _subset(labels: torch.Tensor, n: int | None, key: str, what: str) -> torch.Tensor:
-    """Sorted indices of a class-balanced subset of size ``n`` (all indices when ``n`` is None)."""
+def _subset(
+    labels: torch.Tensor, n: int | None, key: str, what: str, fraction: float | None = None
+) -> torch.Tensor:
+    """Sorted indices of a class-balanced subset of size ``n`` (all indices when ``n`` and ``fraction``
+    are None); ``fraction`` takes that share of every class instead (stratified: the class proportions
+    of the whole set are kept, as PC-DARTS' ImageNet search samples 10 % + 2.5 % of the training set)."""
     total = len(labels)
+    if fraction is not None:
+        n_frac = max(1, round(total * fraction))
+        return balanced_order(labels, SUBSET_SEED, proportional=True)[:n_frac].sort().values
     if n is None:
         return torch.arange(total)
     if n > total:
@@ -62,15 +69,17 @@ def _subset(labels: torch.Tensor, n: int | None, key: str, what: str) -> torch.T
 
 
 def train_indices(cfg: DataConfig) -> torch.Tensor:
-    """Indices of the training images a run uses (``data.train_subset``, class-balanced, fixed)."""
-    data = load_dataset(cfg)
-    return _subset(data.train_labels, cfg.train_subset, "data.train_subset", f"{cfg.dataset} training")
+    """Indices of the training images a run uses (``data.train_subset``, class-balanced, or
+    ``data.train_fraction``, stratified; both fixed)."""
+    return _subset(
+        dataset_labels(cfg, "train"), cfg.train_subset, "data.train_subset", f"{cfg.dataset} training",
+        cfg.train_fraction,
+    )
 
 
 def test_indices(cfg: DataConfig) -> torch.Tensor:
     """Indices of the test images a run uses (``data.test_subset``, class-balanced, fixed)."""
-    data = load_dataset(cfg)
-    return _subset(data.test_labels, cfg.test_subset, "data.test_subset", f"{cfg.dataset} test")
+    return _subset(dataset_labels(cfg, "test"), cfg.test_subset, "data.test_subset", f"{cfg.dataset} test")
 
 
 test_indices.__test__ = False  # type: ignore[attr-defined]  # not a pytest test despite its name
@@ -87,7 +96,7 @@ def search_split(cfg: DataConfig, seed: int) -> tuple[torch.Tensor, torch.Tensor
     if n < 2:
         raise ValueError(f"the search split needs at least 2 training images, the run has {n}")
     n_val = min(n - 1, max(1, round(n * cfg.val_fraction)))
-    labels = load_dataset(cfg).train_labels[base]
+    labels = dataset_labels(cfg, "train")[base]
     order = balanced_order(labels, seed, proportional=True)
     val = base[order[:n_val]].sort().values
     train = base[order[n_val:]].sort().values

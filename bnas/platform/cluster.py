@@ -4,19 +4,37 @@
 retry for long) or starts a local one that ends with the study (:func:`disconnect`). Trial resources
 come from ``ray.cluster_resources()``: a GPU per trial only where the cluster has GPUs, and a request
 the cluster can never meet is an error, not a trial that waits forever (Ray 2.60 never places it).
+:func:`probe_resources` reads the same figures before anything starts (``--check`` and the preflight of
+a real run), from Ray's own node detection or from the cluster's GCS, without joining it.
+
+A local cluster listens on loopback only: node IP, GCS, raylet, object manager, dashboard and its
+agent, runtime-env agent and every worker (:func:`_loopback_only`). Ray 2.60 turns a node IP of
+127.0.0.1 into the machine's address unless it runs as a single-machine cluster, and then binds its
+servers to all interfaces; a single-machine study needs no port that other machines reach. Reaching
+other interfaces is what ``ray start`` on a real cluster is for, which the user does on purpose.
+Token authentication (Ray's default) stays on either way.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bnas.errors import ConfigError
 from bnas.platform.study import StudySpec
 
 #: Workers import ``bnas`` from the checkout (Ray ships it as the job's code search path).
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+#: Ray's switch for multi-machine clusters (default on for Linux). Off, Ray takes 127.0.0.1 as the node
+#: IP (``ray._private.services.get_node_ip_address``) and its servers bind to it alone.
+SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+LOOPBACK = "127.0.0.1"
 
 
 @dataclass
@@ -57,20 +75,65 @@ def check_address(address: str, timeout_s: float = 5.0) -> None:
         ) from None
 
 
+#: What :func:`_loopback_only` changed, for :func:`disconnect` to put back.
+_saved: list[tuple[str | None, bool]] = []
+
+
+def _loopback_only() -> None:
+    """Make the local cluster about to start a single-machine one, bound to 127.0.0.1.
+
+    The environment variable reaches the processes Ray starts (GCS, raylet, agents, workers); Ray's
+    driver read it at import, so its constant is set as well where Ray is already imported.
+    """
+    from ray._private import ray_constants
+
+    _saved.append((os.environ.get(SINGLE_MACHINE_ENV), ray_constants.ENABLE_RAY_CLUSTER))
+    os.environ[SINGLE_MACHINE_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def _restore() -> None:
+    """Undo :func:`_loopback_only` (a later ``connect`` in this process may join a real cluster)."""
+    if not _saved:
+        return
+    from ray._private import ray_constants
+
+    env, constant = _saved.pop()
+    _saved.clear()
+    if env is None:
+        os.environ.pop(SINGLE_MACHINE_ENV, None)
+    else:
+        os.environ[SINGLE_MACHINE_ENV] = env
+    ray_constants.ENABLE_RAY_CLUSTER = constant
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and IPv4-mapped loopback (``::ffff:127.0.0.1``)."""
+    try:
+        ip = ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        return host == "localhost"
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return (mapped or ip).is_loopback
+
+
 def connect(address: str | None, dashboard: bool, verbose: bool) -> ClusterInfo:
-    """Join the cluster at ``address`` or start a local one; workers can import ``bnas``."""
+    """Join the cluster at ``address`` or start a local one on loopback; workers can import ``bnas``."""
     import ray
     from ray.job_config import JobConfig
 
     if address:
         check_address(address)
+    else:
+        _loopback_only()
     job = JobConfig(code_search_path=[str(REPO_ROOT)])
     try:
         # "local" always starts a new cluster: a plain ray.init() would join the last `ray start` one.
         ctx = ray.init(
             address=address or "local",
             include_dashboard=dashboard if not address else None,
-            dashboard_host="127.0.0.1",
+            dashboard_host=LOOPBACK,
+            _node_ip_address=None if address else LOOPBACK,
             job_config=job,
             log_to_driver=verbose,
             configure_logging=verbose,
@@ -78,6 +141,7 @@ def connect(address: str | None, dashboard: bool, verbose: bool) -> ClusterInfo:
             ignore_reinit_error=True,
         )
     except (ConnectionError, RuntimeError) as e:
+        _restore()
         auth = (
             " If the cluster uses token authentication, make its token available (~/.ray/auth_token or "
             "RAY_AUTH_TOKEN) with RAY_AUTH_MODE=token."
@@ -95,6 +159,10 @@ def connect(address: str | None, dashboard: bool, verbose: bool) -> ClusterInfo:
     except ImportError:  # the check moved: say nothing rather than something wrong
         token_auth = False
     url = getattr(ctx, "dashboard_url", None) or None
+    node_ip = getattr(ctx, "address_info", {}).get("node_ip_address")
+    if not address and node_ip and not is_loopback(node_ip):  # Ray changed how it picks the node IP
+        disconnect()
+        raise RuntimeError(f"the local Ray cluster took node IP {node_ip}, not {LOOPBACK}; stopped it")
     return ClusterInfo(
         address=getattr(ctx, "address_info", {}).get("gcs_address", address or "local"),
         dashboard_url=f"http://{url}" if url and "://" not in url else url,
@@ -109,6 +177,71 @@ def disconnect() -> None:
     import ray
 
     ray.shutdown()
+    _restore()
+
+
+def probe_resources(address: str | None, timeout_s: float = 10.0) -> dict[str, float] | None:
+    """The resources the cluster of a run would have, read without starting or joining one.
+
+    A local cluster: what Ray detects on this machine (its own detection: cgroup CPU limits,
+    ``CUDA_VISIBLE_DEVICES``). ``--address host:port``: the sum over the cluster's live nodes, from its
+    GCS (no driver connects). ``auto`` and ``ray://`` addresses are resolved only by connecting:
+    None, and the run checks after connecting.
+    """
+    if not address:
+        return _local_resources()
+    if address in ("auto", "local") or address.startswith("ray://"):
+        return None
+    check_address(address)
+    try:
+        from ray._raylet import GcsClient
+    except ImportError:  # Ray's GCS client moved: the run checks after connecting
+        return None
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            nodes = GcsClient(address=address).get_all_node_info(timeout=timeout_s).values()
+        except Exception as e:  # noqa: BLE001  (auth, timeout and RPC errors all mean: cannot ask)
+            raise ConfigError(
+                f"the Ray cluster at {address} does not answer its GCS ({str(e).splitlines()[0]}). If it "
+                "uses token authentication, make its token available (~/.ray/auth_token or RAY_AUTH_TOKEN) "
+                "with RAY_AUTH_MODE=token.",
+                key="--address",
+            ) from None
+        total: dict[str, float] = {}
+        for node in nodes:
+            if node.state != 0:  # GcsNodeInfo.ALIVE
+                continue
+            for name, amount in node.resources_total.items():
+                total[name] = total.get(name, 0.0) + float(amount)
+        if total.get("CPU", 0.0) > 0:
+            return total
+        # A node that has just started is in the GCS before its raylet reports its resources (seen as
+        # "the cluster has 0 CPUs" right after `ray start`): ask again, then leave it to the run.
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.5)
+
+
+def _local_resources() -> dict[str, float]:
+    """CPUs and GPUs of a local Ray node on this machine, as Ray would detect them."""
+    try:
+        from ray._private.resource_and_label_spec import ResourceAndLabelSpec
+
+        spec: Any = ResourceAndLabelSpec().resolve(is_head=True, node_ip_address=LOOPBACK)
+        return {"CPU": float(spec.num_cpus), "GPU": float(spec.num_gpus or 0)}
+    except (ImportError, AttributeError, TypeError):  # Ray's detection moved: the same figures here
+        import torch
+
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return {"CPU": float(cpus or 1), "GPU": float(torch.cuda.device_count())}
+
+
+def check_cluster(spec: StudySpec, address: str | None) -> TrialPlan | None:
+    """What a run checks once connected (:func:`plan_trials`), before anything starts; None where the
+    cluster can be known only by joining it."""
+    resources = probe_resources(address)
+    return None if resources is None else plan_trials(spec, resources)
 
 
 def plan_trials(spec: StudySpec, cluster: dict[str, float]) -> TrialPlan:

@@ -17,13 +17,15 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bnas.errors import ConfigError
-from bnas.platform.cluster import connect, disconnect, plan_trials
+from bnas.platform.cluster import check_cluster, connect, disconnect, plan_trials
+from bnas.platform.identity import DatasetDescription, describe_dataset, identity_record, study_identity
 from bnas.platform.stages import (
     StageContext,
     StudyInterrupted,
@@ -33,8 +35,17 @@ from bnas.platform.stages import (
 )
 from bnas.platform.study import StudySpec
 from bnas.platform.summary import format_summary, summarize, where_to_look
-from bnas.platform.tracking import StudyTracker, TrackerConfig
-from bnas.platform.tracking_schema import RUN_MAP, probe_store, recorded_tracking_uri
+from bnas.platform.tracking import StudyTracker, TrackerConfig, check_parent_identity
+from bnas.platform.tracking_schema import (
+    OPTUNA_DB,
+    RUN_MAP,
+    STUDY_KIND,
+    RunMap,
+    Tag,
+    experiment_name,
+    probe_store,
+    recorded_tracking_uri,
+)
 
 __all__ = ["RunOptions", "StudyInterrupted", "StudyOutcome", "plan_trials", "preflight", "run_study"]
 
@@ -51,7 +62,8 @@ class RunOptions:
     resume: bool = False
     address: str | None = None
     dashboard: bool = True
-    verbose: bool = True
+    verbose: bool = True  # a progress line per trial epoch (else per finished trial)
+    ray_logs: bool = False  # Ray's, Tune's and the trials' own console output too
 
 
 @dataclass
@@ -72,8 +84,39 @@ def check_dataset(spec: StudySpec) -> Path:
     return DATASETS.get(data.dataset).ensure(resolve_root(data), data.download, origin)
 
 
-def preflight(spec: StudySpec, opts: RunOptions) -> str:
-    """Checks that need no cluster: tracking store, dataset, resume consistency. Returns the URI."""
+def check_identity(uri: str, config: TrackerConfig) -> None:
+    """The study name must not already name a study run with another identity in the store (read only:
+    a SQLite store that does not exist yet holds no study)."""
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
+        return
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment_name(config.study))
+    if exp is None:
+        return
+    parent = RunMap(config.state_dir, uri).load().get("parent")
+    if parent is None:
+        flt = f"tags.`{Tag.KIND}` = '{STUDY_KIND}' and tags.`{Tag.STUDY}` = '{config.study}'"
+        found = client.search_runs([exp.experiment_id], filter_string=flt, max_results=1)
+        parent = found[0].info.run_id if found else None
+    if parent is not None:
+        check_parent_identity(client.get_run(parent), config)
+
+
+def preflight(spec: StudySpec, opts: RunOptions, log: Log | None = None) -> str:
+    """Everything a run checks before it starts: tracking store, dataset, study identity, resume
+    consistency, and what the cluster can give each trial (read without starting or joining it:
+    :func:`~bnas.platform.cluster.check_cluster`). Returns the URI; ``log`` (``--check``) also gets
+    the study's identity and its dataset."""
+    uri, dataset, tracker_config = _preflight(spec, opts)
+    if log is not None:
+        log(f"study {spec.name} (identity {tracker_config.identity})")
+        log(dataset.header())
+    return uri
+
+
+def _preflight(spec: StudySpec, opts: RunOptions) -> tuple[str, DatasetDescription, TrackerConfig]:
     uri = probe_store(opts.tracking_uri, write=True)
     recorded = recorded_tracking_uri(opts.out_dir)
     if recorded and recorded != uri:
@@ -82,7 +125,16 @@ def preflight(spec: StudySpec, opts: RunOptions) -> str:
             f"(or use another --out)",
             key="--mlflow-uri",
         )
-    check_dataset(spec)
+    dataset = describe_dataset(spec, check_dataset(spec))
+    record = identity_record(spec, dataset)
+    tracker_config = TrackerConfig(
+        uri,
+        spec.name,
+        str(opts.out_dir.resolve()),
+        identity=study_identity(spec, dataset),
+        identity_record=json.dumps(record, sort_keys=True, default=str),
+    )
+    check_identity(uri, tracker_config)
     if opts.resume:
         state = StudyState(opts.out_dir)
         for stage in ("search", "retrain"):
@@ -103,25 +155,34 @@ def preflight(spec: StudySpec, opts: RunOptions) -> str:
             f"run --stage search (or all) first, or point --out at the study's folder",
             key="--stage",
         )
-    return uri
+    # Last, as in a run: what the cluster can give each trial (no Ray process starts for this).
+    check_cluster(spec, opts.address)
+    return uri, dataset, tracker_config
 
 
 def run_study(spec: StudySpec, opts: RunOptions, log: Log = print) -> StudyOutcome:
     """Check, connect, run the requested stage(s), print where to look; returns the summary."""
-    uri = preflight(spec, opts)
-    cluster = connect(opts.address, opts.dashboard, opts.verbose)
+    uri, dataset, tracker_config = _preflight(spec, opts)
+    if not opts.ray_logs:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created in RDB ...": noise
+    cluster = connect(opts.address, opts.dashboard, opts.ray_logs)
     try:
         plan = plan_trials(spec, cluster.resources)
         opts.out_dir.mkdir(parents=True, exist_ok=True)
-        tracker = StudyTracker(TrackerConfig(uri, spec.name, str(opts.out_dir.resolve())))
+        tracker = StudyTracker(tracker_config)
         tracker.begin_study()
-        log(where_to_look(cluster, tracker.experiment_id, uri))
+        tracker.log_dataset(dataset.params(), dataset.root, dataset.params())
+        optuna_db = opts.out_dir.resolve() / OPTUNA_DB
+        log(where_to_look(cluster, tracker.experiment_id, uri, optuna_db))
         log(
-            f"study {spec.name}: {spec.trials} trial(s), {spec.concurrency} at a time, each "
-            f"{plan.resources['cpu']:g} CPU + {plan.resources['gpu']:g} GPU ({plan.device}); "
-            f"folder {opts.out_dir}"
+            f"study {spec.name} (identity {tracker_config.identity}): {spec.trials} trial(s), "
+            f"{spec.concurrency} at a time, each {plan.resources['cpu']:g} CPU + "
+            f"{plan.resources['gpu']:g} GPU ({plan.device}); folder {opts.out_dir}"
         )
-        ctx = StageContext(spec, opts.out_dir, plan, tracker.config, opts.resume, opts.verbose)
+        log(dataset.header())
+        ctx = StageContext(spec, opts.out_dir, plan, tracker.config, opts.resume, opts.verbose, opts.ray_logs)
         status = "FINISHED"
         try:
             if opts.stage in ("search", "all"):
@@ -136,9 +197,9 @@ def run_study(spec: StudySpec, opts: RunOptions, log: Log = print) -> StudyOutco
             raise
         finally:
             tracker.close_study(status)
-        rows, counts = summarize(tracker)
+        rows, counts = summarize(tracker, num_classes=dataset.num_classes)
         log(format_summary(rows, counts))
-        log(where_to_look(cluster, tracker.experiment_id, uri))
+        log(where_to_look(cluster, tracker.experiment_id, uri, optuna_db, ended=True))
         return StudyOutcome(opts.out_dir, uri, tracker.experiment_id, tracker.parent_id, rows)
     finally:
         disconnect()  # stops a cluster started here; only disconnects from an existing one

@@ -21,7 +21,10 @@ checkpoint, and ``resume`` continues an interrupted stage with ``Tuner.restore``
 from __future__ import annotations
 
 import json
+import os
+import signal
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +69,9 @@ class StageContext:
     tracker: TrackerConfig
     resume: bool = False
     verbose: bool = True
+    #: Ray's and Tune's own output (Tune's status tables, every trial's console); off: the driver's
+    #: TrackingCallback prints one line per trial epoch (``verbose``) or per finished trial.
+    ray_logs: bool = False
 
 
 class StudyState:
@@ -106,6 +112,45 @@ def _restorable(ctx: StageContext, stage: str, log: Log) -> Path | None:
     return None
 
 
+def _fit(tuner: Any, stage: str) -> Any:
+    """``tuner.fit()``, raising :class:`StudyInterrupted` after a Ctrl-C (SIGINT).
+
+    Tune stops gracefully on SIGINT and saves the experiment, but in Ray 2.60 the trials it stops
+    count as TERMINATED, so the result grid cannot tell an interrupted stage from a finished one (the
+    study went on to its summary and exited 1). SIGINT is caught here instead (Tune's own handler
+    off), noted, and handed to Tune as SIGUSR1, which Tune handles exactly like SIGINT; a second
+    Ctrl-C acts at once, as with Tune's handler.
+    """
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGUSR1"):
+        return tuner.fit()
+    interrupted = threading.Event()
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_sigint(_sig: int, _frame: Any) -> None:
+        interrupted.set()
+        signal.signal(signal.SIGINT, previous)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    # Until Tune installs its SIGUSR1 handler, one that does nothing (the default ends the process).
+    previous_usr1 = signal.signal(signal.SIGUSR1, lambda _sig, _frame: None)
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        grid = tuner.fit()
+    finally:
+        if signal.getsignal(signal.SIGINT) is on_sigint:
+            signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGUSR1, previous_usr1)
+        if env is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = env
+    if interrupted.is_set():
+        raise StudyInterrupted(f"the {stage} stage was interrupted; rerun with --resume to continue it")
+    return grid
+
+
 def _finished(grid: Any, expected: int, stage: str) -> Any:
     """The result grid, unless Tune returned early (Ctrl-C) with trials left to run."""
     if grid.num_terminated + grid.num_errors < expected:
@@ -122,8 +167,12 @@ def _run_config(ctx: StageContext, name: str, kind: RunKind, candidates: dict | 
         storage_path=str((ctx.out_dir / "ray").resolve()),
         failure_config=tune.FailureConfig(max_failures=ctx.spec.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
-        callbacks=[TrackingCallback(ctx.tracker, kind, ctx.spec, ctx.plan, candidates)],
-        verbose=1 if ctx.verbose else 0,
+        callbacks=[
+            TrackingCallback(
+                ctx.tracker, kind, ctx.spec, ctx.plan, candidates, "epoch" if ctx.verbose else "trial"
+            )
+        ],
+        verbose=1 if ctx.ray_logs else 0,
     )
 
 
@@ -148,12 +197,12 @@ def run_search_stage(ctx: StageContext, log: Log) -> Any:
     from bnas.platform.trainables import TrialSetup, search_trial
 
     spec, plan = ctx.spec, ctx.plan
-    setup = TrialSetup(spec, plan.device, plan.threads, ctx.verbose)
+    setup = TrialSetup(spec, plan.device, plan.threads, ctx.ray_logs)
     trainable = tune.with_resources(tune.with_parameters(search_trial, setup=setup), plan.resources)
     path = _restorable(ctx, "search", log)
     if path is not None:
         tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=False)
-        return _finished(tuner.fit(), spec.trials, "search")
+        return _finished(_fit(tuner, "search"), spec.trials, "search")
 
     storage = optuna_storage(ctx.out_dir)
     clean_optuna_study(storage, spec.name, log)
@@ -169,7 +218,7 @@ def run_search_stage(ctx: StageContext, log: Log) -> Any:
         ),
         run_config=_run_config(ctx, name, SEARCH),
     )
-    return _finished(tuner.fit(), spec.trials, "search")
+    return _finished(_fit(tuner, "search"), spec.trials, "search")
 
 
 def retrain_candidates(spec: StudySpec, tracker: StudyTracker, work: Path) -> dict[str, dict[str, Any]]:
@@ -206,7 +255,7 @@ def run_retrain_stage(ctx: StageContext, tracker: StudyTracker, log: Log) -> Any
     from bnas.platform.trainables import TrialSetup, retrain_trial
 
     spec, plan = ctx.spec, ctx.plan
-    setup = TrialSetup(spec, plan.device, plan.threads, ctx.verbose)
+    setup = TrialSetup(spec, plan.device, plan.threads, ctx.ray_logs)
 
     def trainable_for(cands: dict[str, dict[str, Any]]) -> Any:
         return tune.with_resources(
@@ -216,7 +265,7 @@ def run_retrain_stage(ctx: StageContext, tracker: StudyTracker, log: Log) -> Any
     path = _restorable(ctx, "retrain", log)
     if path is not None:
         cands = json.loads((path / CANDIDATES).read_text())
-        grid = tune.Tuner.restore(str(path), trainable_for(cands), resume_unfinished=True).fit()
+        grid = _fit(tune.Tuner.restore(str(path), trainable_for(cands), resume_unfinished=True), "retrain")
         return _finished(grid, len(grid), "retrain")
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -250,4 +299,4 @@ def run_retrain_stage(ctx: StageContext, tracker: StudyTracker, log: Log) -> Any
     # Tune creates the experiment folder in fit(); the candidates go next to its state for a restore.
     (ctx.out_dir / "ray" / name).mkdir(parents=True, exist_ok=True)
     (ctx.out_dir / "ray" / name / CANDIDATES).write_text(json.dumps(candidates))
-    return _finished(tuner.fit(), len(jobs), "retrain")
+    return _finished(_fit(tuner, "retrain"), len(jobs), "retrain")

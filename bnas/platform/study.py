@@ -45,6 +45,7 @@ from bnas.config import (
     apply_overrides,
     config_from_dict,
     parse_overrides,
+    phase_problems,
     read_yaml,
     rule,
     setting,
@@ -54,6 +55,11 @@ from bnas.platform.tracking import SEARCH_FINAL_METRICS
 
 #: Where ``run.py`` looks for studies by name.
 STUDIES_DIR = Path(__file__).resolve().parents[2] / "tune_configs"
+
+#: Settings :func:`bnas.config.phase_problems` reads (a sampled one may be the cause of a problem).
+PHASE_INPUTS = frozenset(
+    {"data.train_subset", "data.val_fraction", "search.batch_size", "retrain.batch_size"}
+)
 
 #: Figures every super-network epoch reports that a scheduler may use.
 EPOCH_METRICS = ("val_acc", "val_loss", "train_acc", "train_loss")
@@ -152,6 +158,16 @@ class StudyFile(Section):
     def _metrics_once(self) -> str | None:
         names = [o.metric for o in self.objectives]
         return f"names a metric twice: {names}" if len(set(names)) != len(names) else None
+
+    @rule("retrain.top_k", "trials")
+    def _top_k_within_the_trials(self) -> str | None:
+        # Each search trial derives one genotype: more than `trials` distinct ones cannot exist.
+        if self.retrain.top_k > self.trials:
+            return (
+                f"{self.retrain.top_k} genotypes to retrain but the study runs {self.trials} search "
+                f"trial(s), each deriving one; use at most {self.trials} (0 skips retraining)"
+            )
+        return None
 
     @rule("sampler.name", "objectives")
     def _sampler_handles_the_objectives(self) -> str | None:
@@ -315,6 +331,15 @@ def load_study(
         space = parse_space(body.space, source, valid_settings)
     except ConfigError as e:
         problems += e.problems
+    if not space.params and not any(k and k.startswith("space") for k, _ in problems):
+        # Optuna would have nothing to choose: every trial would run the same settings.
+        shown = "null" if body.space is None else repr(body.space)
+        problems.append((
+            "space",
+            f"samples nothing ({shown}); name at least one "
+            "setting with its domain, e.g. "
+            "search.sampling_k: {choice: [2, 4]} (for a single run use python -m bnas search)",
+        ))
     retrain_overrides = body.retrain.overrides if isinstance(body.retrain.overrides, dict) else {}
     for key in retrain_overrides:
         if key not in valid_settings:
@@ -381,7 +406,16 @@ def _check_space_against_fixed(spec: StudySpec) -> int:
             raise ConfigError.collect(
                 [("space", f"with {point}: {k}: {m}") for k, m in problems], spec.source
             )
-        _, problems = settings.collect(ExperimentConfig, apply_overrides(data, retrain))
+        problems = phase_problems(cfg, "search")  # each setting is valid: is the search usable?
+        if problems and not set(point) & PHASE_INPUTS:  # the fixed settings alone are the cause
+            raise ConfigError.collect([(f"fixed.{k}", m) for k, m in problems], spec.source)
+        if problems:
+            raise ConfigError.collect(
+                [("space", f"with {point}: {k}: {m}") for k, m in problems], spec.source
+            )
+        retrain_cfg, problems = settings.collect(ExperimentConfig, apply_overrides(data, retrain))
+        if not problems and spec.retrain.top_k > 0:
+            problems = phase_problems(retrain_cfg, "retrain")
         if problems:
             what = f"with {point}: " if point else ""
             raise ConfigError.collect(

@@ -8,6 +8,7 @@ ranked by mean test accuracy over seeds, the rest by ``derived_val_acc``), cut t
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from bnas.platform.cluster import ClusterInfo
@@ -15,11 +16,13 @@ from bnas.platform.tracking import StudyTracker
 from bnas.platform.tracking_schema import PARAM_COLUMN, RETRAIN, SEARCH, Metric, leaderboard, run_record
 
 
-def summarize(tracker: StudyTracker, limit: int = 10) -> tuple[list[dict[str, Any]], dict[str, int]]:
+def summarize(
+    tracker: StudyTracker, limit: int = 10, num_classes: int | None = None
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """The first ``limit`` leaderboard rows of the study in console form, and how many search runs
-    ended in each state."""
+    ended in each state. With ``num_classes``, rows at chance are flagged (and ranked last)."""
     searches = [run_record(r) for r in tracker.runs(SEARCH)]
-    board = leaderboard(searches + [run_record(r) for r in tracker.runs(RETRAIN)])
+    board = leaderboard(searches + [run_record(r) for r in tracker.runs(RETRAIN)], num_classes)
     rows = []
     for row in board[:limit]:
         producer = row["producer"] or {}
@@ -36,7 +39,10 @@ def summarize(tracker: StudyTracker, limit: int = 10) -> tuple[list[dict[str, An
                 "packed_bytes": row[Metric.PACKED_BYTES],
                 "params": row[Metric.PARAMS],
                 "test_acc": row["test_acc_mean"],
+                "test_std": row["test_acc_std"],
                 "seeds": row["n_seeds"],
+                "test_at_chance": row["test_near_chance"],
+                "val_at_chance": row["val_near_chance"],
             }
         )
     counts = Counter(r["state"] or "?" for r in searches)
@@ -51,22 +57,42 @@ def format_summary(rows: list[dict[str, Any]], counts: dict[str, int]) -> str:
         f"summary ({head}); per genotype and retraining binarization, best first: found = search "
         "trials that derived it, val = its search run's derived_val_acc (shared weights), test = mean "
         "retraining test accuracy over seeds",
-        f"{'genotype':<13} {'found':>5} {'method':<12} {'strategy':<12} {'K':>2} {'val':>6} {'test':>12} "
-        f"{'packed B':>10} {'params':>8}",
+        f"{'genotype':<13} {'found':>5} {'method':<12} {'strategy':<12} {'K':>2} {'val':>7} "
+        f"{'test (seeds)':>21} {'packed B':>10} {'params':>8}",
     ]
     for r in rows:
-        test = f"{r['test_acc']:.3f} (n={r['seeds']})" if r["seeds"] else "-"
+        test = "-"
+        if r["seeds"]:
+            std = f"±{r['test_std']:.3f}" if r["seeds"] > 1 else ""
+            test = f"{r['test_acc']:.3f}{std} (n={r['seeds']})" + ("~" if r.get("test_at_chance") else "")
+        val = f"{r['derived_val_acc']:.3f}" + ("~" if r.get("val_at_chance") else "")
         lines.append(
             f"{r['digest']:<13} {r['found_by']:>5} {r['method']:<12} {r['strategy']:<12} {r['K']:>2} "
-            f"{r['derived_val_acc']:>6.3f} {test:>12} {r['packed_bytes']:>10.0f} {r['params']:>8.0f}"
+            f"{val:>7} {test:>21} {r['packed_bytes']:>10.0f} {r['params']:>8.0f}"
+        )
+    if any(r.get("test_at_chance") or r.get("val_at_chance") for r in rows):
+        lines.append(
+            "~ = within noise of chance (1/classes, 2 standard errors of guessing on that many images or "
+            "2 seed standard deviations): not told apart from guessing, ranked after the rest, unordered "
+            "in meaning; train longer (retrain.* overrides) for figures that rank"
         )
     return "\n".join(lines)
 
 
-def where_to_look(cluster: ClusterInfo, experiment_id: str, uri: str) -> str:
-    """The Ray dashboard and the MLflow UI of this study (or how to start the UI on a local store)."""
+def where_to_look(
+    cluster: ClusterInfo, experiment_id: str, uri: str, optuna_db: Path | None = None, ended: bool = False
+) -> str:
+    """The Ray dashboard, the MLflow UI (its runs view: MLflow 3's default page of an experiment is the
+    GenAI overview, empty here) and optuna-dashboard of this study. ``ended``: the study is over, and a
+    cluster started here goes with it, dashboard included."""
     lines = []
-    if cluster.dashboard_url:
+    if cluster.dashboard_url and ended and cluster.started_here:
+        lines.append(
+            f"Ray dashboard: was at {cluster.dashboard_url} while the study ran; it stops with the local "
+            "cluster. To keep one up: `ray start --head --dashboard-host 127.0.0.1`, then run the study "
+            "with --address 127.0.0.1:6379"
+        )
+    elif cluster.dashboard_url:
         auth = (
             " (token authentication is on: paste the token from ~/.ray/auth_token, which "
             "`ray get-auth-token` prints)"
@@ -76,12 +102,14 @@ def where_to_look(cluster: ClusterInfo, experiment_id: str, uri: str) -> str:
         lines.append(f"Ray dashboard: {cluster.dashboard_url}{auth}")
     else:
         lines.append("Ray dashboard: not running (start without --no-dashboard, or use the cluster's own)")
-    exp = f"#/experiments/{experiment_id}"
+    runs = f"#/experiments/{experiment_id}/runs"
     if uri.startswith(("http://", "https://")):
-        lines.append(f"MLflow UI: {uri.rstrip('/')}/{exp}")
+        lines.append(f"MLflow UI: {uri.rstrip('/')}/{runs}")
     else:
         lines.append(
             f"MLflow UI: run `mlflow server --backend-store-uri {uri} --host 127.0.0.1 --port 5000`, "
-            f"then open http://127.0.0.1:5000/{exp}"
+            f"then open http://127.0.0.1:5000/{runs}"
         )
+    if optuna_db is not None:
+        lines.append(f"Optuna dashboard: run `optuna-dashboard sqlite:///{optuna_db}` (port 8080)")
     return "\n".join(lines)

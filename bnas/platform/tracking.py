@@ -13,18 +13,22 @@ through this class too.
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bnas.errors import ConfigError
 from bnas.platform.tracking_schema import (
     RETRAIN,
     SEARCH,
     SEARCH_FINAL_METRICS,  # noqa: F401  (re-exported for bnas.platform.study)
     SPACE_PREFIX,
     STUDY_KIND,
+    Artifact,
     RunKind,
     RunMap,
     State,
@@ -43,6 +47,48 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """``key: old -> new`` for every leaf that differs between two identity records
+    (:func:`bnas.platform.identity.identity_record`)."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        name = f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += differences(a, b, f"{name}.")
+        elif a != b:
+            out.append(f"{name}: {a!r} -> {b!r}")
+    return out
+
+
+class StudyIdentityError(ConfigError):
+    """A study name already names a study that computed something else (other data or settings)."""
+
+
+def check_parent_identity(parent: Any, config: TrackerConfig) -> None:
+    """Refuse to add to a parent run whose recorded identity differs from ``config.identity``.
+
+    A parent without an identity (written before identities existed, or by a reader) is accepted.
+    """
+    recorded = parent.data.tags.get(Tag.IDENTITY)
+    if not config.identity or not recorded or recorded == config.identity:
+        return
+    try:
+        old = json.loads(parent.data.tags.get(Tag.IDENTITY_RECORD) or "{}")
+        new = json.loads(config.identity_record or "{}")
+        diff = differences(old, new)
+    except ValueError:
+        diff = []
+    what = "; ".join(diff[:8]) + (f"; and {len(diff) - 8} more" if len(diff) > 8 else "") if diff else "?"
+    raise StudyIdentityError(
+        f"the study name {config.study!r} is taken in this MLflow store by a study run with other "
+        f"settings or data (identity {recorded}, this run {config.identity}; differs in: {what}). Runs "
+        f"of one name must compute the same thing, or their trials would be ranked together. Give this "
+        f"one its own name with --name NAME (and its own --out), or use another --mlflow-uri",
+        key="--name",
+    )
+
+
 @dataclass(frozen=True)
 class TrackerConfig:
     """Everything needed to (re)open the tracker; picklable (it travels inside Tune's tuner.pkl)."""
@@ -50,6 +96,10 @@ class TrackerConfig:
     tracking_uri: str
     study: str
     state_dir: str
+    #: :func:`bnas.platform.identity.study_identity` of the run (None: not checked, e.g. a reader).
+    identity: str | None = None
+    #: What the identity digests (JSON), kept on the parent run so a refusal can name the differences.
+    identity_record: str | None = None
 
 
 class StudyTracker:
@@ -77,10 +127,39 @@ class StudyTracker:
         tags = {Tag.KIND: STUDY_KIND, Tag.STUDY: self.config.study}
         run_id = self.map.load().get("parent") or self._find(tags)
         if run_id is None:
+            if self.config.identity:
+                tags[Tag.IDENTITY] = self.config.identity
+                tags[Tag.IDENTITY_RECORD] = self.config.identity_record or ""
             run = self.client.create_run(self.experiment_id, run_name=self.config.study, tags=tags)
             run_id = run.info.run_id
+        else:
+            check_parent_identity(self.client.get_run(run_id), self.config)
         self.map.set_parent(run_id)
         return run_id
+
+    def log_dataset(self, params: Mapping[str, Any], root: str, profile: Mapping[str, Any]) -> None:
+        """The study's dataset on the parent run: ``dataset.*`` params (fixed by the study's identity),
+        its root as a tag (a copy elsewhere with the same content is the same study) and an MLflow
+        dataset input (name, content digest, source), shown in the UI's Datasets column."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag, RunTag
+
+        run = self.client.get_run(self.parent_id)
+        if not all(k in run.data.params for k in params):
+            self._log_params(self.parent_id, {k: v for k, v in params.items() if k not in run.data.params})
+        self.client.log_batch(self.parent_id, tags=[RunTag(Tag.DATASET_ROOT, root)])
+        name, digest = str(params.get("dataset.name")), str(params.get("dataset.fingerprint"))
+        inputs = run.inputs.dataset_inputs if run.inputs else []
+        logged = {(d.dataset.name, d.dataset.digest) for d in inputs}
+        if (name, digest) not in logged:
+            dataset = Dataset(
+                name=name,
+                digest=digest,
+                source_type="local",
+                source=json.dumps({"uri": root}),
+                profile=json.dumps(dict(profile), default=str),
+            )
+            context = InputTag(key="mlflow.data.context", value="search+retraining")
+            self.client.log_inputs(self.parent_id, datasets=[DatasetInput(dataset, tags=[context])])
 
     def begin_study(self) -> None:
         """Mark the parent run RUNNING again (a rerun, resume or retraining of the study)."""
@@ -180,10 +259,16 @@ class StudyTracker:
         artifact_dir: str | Path | None = None,
         error: str | None = None,
         last_epoch: int = 0,
+        register_model: bool = False,
     ) -> None:
         """Final metrics of ``kind`` found in ``result`` (step 0), artifacts and tags, then close the run
-        (FAILED when ``state`` is failed). A final figure that is also a per-epoch metric (a retraining's
-        ``test_acc``) is its ``last_epoch`` value: logged only if that epoch is not logged yet."""
+        (FAILED when ``state`` is failed, KILLED when pruned). A final figure that is also a per-epoch
+        metric (a retraining's ``test_acc``) is its ``last_epoch`` value: logged only if that epoch is not
+        logged yet.
+
+        ``register_model`` (a completed retraining with ``model.bnas`` in ``artifact_dir``): its network
+        becomes the run's Logged Model and a version of ``bnas-<study>``, and the ``champion`` alias is
+        updated (:mod:`bnas.platform.models`)."""
         from mlflow.entities import Metric, RunTag
 
         key = kind.key(trial_id)
@@ -213,8 +298,37 @@ class StudyTracker:
                 if path.is_file():
                     parent = str(Path(rel).parent)
                     self.client.log_artifact(run_id, str(path), None if parent == "." else parent)
-        self.client.set_terminated(run_id, status="FAILED" if state == State.FAILED else "FINISHED")
+        if register_model and state == State.COMPLETE and artifact_dir is not None:
+            self._register_model(run_id, Path(artifact_dir) / Artifact.MODEL, result or {})
+        # A pruned trial is KILLED in MLflow's terms (stopped before its end), not a green "Finished".
+        status = {State.FAILED: "FAILED", State.PRUNED: "KILLED"}.get(state, "FINISHED")
+        self.client.set_terminated(run_id, status=status)
         self.map.update(key, done=True)
+
+    def _register_model(self, run_id: str, packed: Path, result: Mapping[str, Any]) -> None:
+        """Log and register the run's network (see :meth:`finish`). A failure here is recorded on the
+        run (tag ``bnas.model_error``) and printed, not raised: the retraining itself succeeded."""
+        from bnas.platform.models import log_retrained_model
+
+        if not packed.is_file():
+            return
+        run = self.client.get_run(run_id)
+        try:
+            log_retrained_model(
+                self.client,
+                self.config.tracking_uri,
+                self.experiment_id,
+                self.config.study,
+                run_id,
+                packed,
+                result=result,
+                params=run.data.params,
+                seed=run.data.tags.get(Tag.SEED, ""),
+            )
+        except Exception as e:  # any failure: the study goes on, and the run says why
+            message = f"{type(e).__name__}: {e}"[:4000]
+            self.client.set_tag(run_id, Tag.MODEL_ERROR, message)
+            print(f"warning: run {run_id}: the model was not logged/registered: {message}", file=sys.stderr)
 
     # ------------------------------------------------------------------ reading back
     def runs(self, kind: RunKind, *, state: str | None = None, status: str | None = None) -> list[Any]:

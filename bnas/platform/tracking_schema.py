@@ -8,11 +8,16 @@ lazily and never Ray or Optuna, so ``analysis/`` and the tests use it without a 
 Schema [D]:
 
 * experiment ``bnas/<study>``; one **parent run** per study, run name ``<study>``, tags
-  ``bnas.kind=study``, ``bnas.study``; the analysis report is logged to it as artifacts ``report/``.
+  ``bnas.kind=study``, ``bnas.study``, ``bnas.study_identity`` (what its trials compute:
+  :mod:`bnas.platform.identity`; a run of the same name with another identity is refused) with
+  ``bnas.study_identity_record``, ``bnas.dataset_root``; params ``dataset.*`` (name, image size,
+  class count, subsets, content fingerprint) and the dataset as an MLflow dataset input; the analysis
+  report is logged to it as artifacts ``report/``.
 * one **search run** per search trial, run name ``search-<trial id>``: tags ``mlflow.parentRunId``,
   ``bnas.kind=search``, ``bnas.study``, ``bnas.trial_id``, ``bnas.genotype_digest`` (when derived),
   ``bnas.state`` (``running``, ``complete``, ``pruned`` = stopped early by the scheduler, or
-  ``failed``; with ``bnas.error`` on failure, and run status FAILED); params: the trial's resolved
+  ``failed``; with ``bnas.error`` on failure, and run status FAILED; a pruned run's status is
+  KILLED); params: the trial's resolved
   ExperimentConfig with dotted keys (values cut at :data:`PARAM_MAX_CHARS`) plus the sampled values
   as ``space.<setting>``; metrics per super-network epoch (step = global epoch):
   :data:`SEARCH_EPOCH_METRICS`; final metrics (step 0): :data:`SEARCH_FINAL_METRICS`; artifacts
@@ -24,7 +29,10 @@ Schema [D]:
   instead of ``bnas.search_run_id``); params: the resolved retraining ExperimentConfig; metrics per
   epoch (step = epoch): :data:`RETRAIN_EPOCH_METRICS` (the final ``test_acc``/``test_loss`` are the
   last epoch's); final (step 0): :data:`RETRAIN_FINAL_METRICS` less those two; artifacts
-  :data:`RETRAIN_ARTIFACTS`.
+  :data:`RETRAIN_ARTIFACTS`; its network as an MLflow **Logged Model** named :data:`LOGGED_MODEL_NAME`
+  (``mlflow.pytorch``, pt2, signature and input example at the study's image size), registered as a
+  version of ``bnas-<study>`` (:func:`registered_model_name`) with :class:`ModelTag` tags; the alias
+  :data:`CHAMPION_ALIAS` names the best architecture's version (:mod:`bnas.platform.models`).
 
 Study folder (``./bnas_runs/<study>`` by default): :data:`RUN_MAP` maps each trial to its run (and
 records the tracking URI the folder was written with), :data:`OPTUNA_DB` holds the Optuna study.
@@ -69,6 +77,11 @@ class Tag:
     TRIAL_ID, SEED, ERROR = "bnas.trial_id", "bnas.seed", "bnas.error"
     GENOTYPE_DIGEST, GENOTYPE_NAME = "bnas.genotype_digest", "bnas.genotype_name"
     SEARCH_RUN_ID, CONFIG_DIGEST = "bnas.search_run_id", "bnas.config_digest"
+    #: On the parent run: what its trials compute (bnas.platform.identity) and where the data was read.
+    IDENTITY, IDENTITY_RECORD = "bnas.study_identity", "bnas.study_identity_record"
+    DATASET_ROOT = "bnas.dataset_root"
+    #: On a retraining run whose network could not be logged as a model or registered: why.
+    MODEL_ERROR = "bnas.model_error"
 
 
 class State:
@@ -95,6 +108,28 @@ class Artifact:
     NORMAL_CELL, REDUCE_CELL = "cells/normal.png", "cells/reduce.png"
     MODEL = "model.bnas"
     REPORT = "report"  # folder on the parent run (analysis.report)
+
+
+# Models: every finished retraining logs its network as an MLflow Logged Model (``LOGGED_MODEL_NAME``,
+# linked to its run) registered as a version of ``bnas-<study>``; the alias ``champion`` names the best
+# architecture's version (bnas.platform.models).
+LOGGED_MODEL_NAME = "model"
+REGISTERED_MODEL_PREFIX = "bnas-"
+CHAMPION_ALIAS = "champion"
+
+
+class ModelTag:
+    """Tags of a registered model version (and of its Logged Model)."""
+
+    GENOTYPE_DIGEST, BINARIZATION = "bnas.genotype_digest", "bnas.binarization"
+    ACTIVATIONS = "bnas.activations"
+    SEED, TEST_ACC, PACKED_BYTES = "bnas.seed", "bnas.test_acc", "bnas.packed_bytes"
+    STUDY, RUN_ID, IMAGE_SIZE = "bnas.study", "bnas.run_id", "bnas.image_size"
+
+
+def registered_model_name(study: str) -> str:
+    """The registered model holding a study's retrained networks: ``bnas-<study>``."""
+    return f"{REGISTERED_MODEL_PREFIX}{study}"
 
 
 #: Model-size figures of a derived genotype's evaluation network (:func:`bnas.model_size.size_report`).
@@ -431,7 +466,51 @@ def _rank_key(row: dict[str, Any]) -> tuple[float, float, float]:
     )
 
 
-def leaderboard(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+#: [D] An accuracy counts as "at chance" when it lies within this many standard errors of 1/classes
+#: (the larger of the binomial error of a chance-level classifier on the test images and the spread
+#: over seeds).
+CHANCE_SIGMAS = 2.0
+
+
+def chance_margin(num_classes: int, n_images: int | None, seed_std: float = math.nan) -> tuple[float, float]:
+    """``(chance, margin)``: the accuracy of guessing, and how far above it an accuracy must lie to be
+    told apart from guessing on ``n_images`` test images (:data:`CHANCE_SIGMAS` standard errors)."""
+    chance = 1.0 / num_classes
+    binomial = math.sqrt(chance * (1 - chance) / n_images) if n_images else 0.0
+    spread = seed_std if is_number(seed_std) else 0.0
+    return chance, CHANCE_SIGMAS * max(binomial, spread)
+
+
+def near_chance(acc: Any, num_classes: int | None, n_images: int | None, seed_std: float = math.nan) -> bool:
+    """True when ``acc`` cannot be told apart from guessing (see :func:`chance_margin`)."""
+    if not is_number(acc) or not num_classes:
+        return False
+    chance, margin = chance_margin(num_classes, n_images, seed_std)
+    return float(acc) - chance <= margin
+
+
+def _test_images(retrains: list[Mapping[str, Any]]) -> int | None:
+    for r in retrains:
+        n = r.get(PARAM_COLUMN + "data.test_subset")
+        if is_number(n):
+            return int(n)
+    return None
+
+
+def _val_images(producer: Mapping[str, Any] | None) -> int | None:
+    """The search's validation half (bnas.data.splits: val_fraction of the training subset)."""
+    if producer is None:
+        return None
+    n = producer.get(PARAM_COLUMN + "data.train_subset")
+    frac = producer.get(PARAM_COLUMN + "data.val_fraction")
+    if not (is_number(n) and is_number(frac)):
+        return None
+    return max(1, round(float(n) * float(frac)))
+
+
+def leaderboard(
+    records: Iterable[Mapping[str, Any]], num_classes: int | None = None
+) -> list[dict[str, Any]]:
     """One row per derived architecture (genotype digest x retraining binarization), best first.
 
     Accuracy is the final ``test_acc`` of the complete retraining runs of the row: mean, sample standard
@@ -445,6 +524,10 @@ def leaderboard(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     genotype). Size figures are the mean over the retraining runs, else the producer's (computed at
     the retraining settings). ``producer`` holds the producer's record for callers that show more of
     its settings. ``records`` are :func:`run_record` dicts (or rows of a frame built from them).
+
+    With ``num_classes`` (the dataset's), each row says whether its accuracies are told apart from
+    guessing (:func:`near_chance`: ``test_near_chance``, ``val_near_chance``), and rows at chance rank
+    after those above it: ordering them among themselves would rank noise.
     """
     records = list(records)
     by_id = {r["run_id"]: r for r in records if r.get("kind") == SEARCH.name}
@@ -488,9 +571,19 @@ def leaderboard(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
             vals = [float(r[m]) for r in retrains if is_number(r.get(m))]
             row[m] = statistics.fmean(vals) if vals else _value(producer, m)
         row["producer"] = producer
+        row["test_images"] = _test_images(retrains)
+        row["test_near_chance"] = near_chance(
+            row["test_acc_mean"], num_classes, row["test_images"], row["test_acc_std"]
+        )
+        row["val_near_chance"] = near_chance(row[Metric.DERIVED_VAL_ACC], num_classes, _val_images(producer))
         rows.append(row)
-    rows.sort(key=_rank_key)
+    rows.sort(key=lambda r: (_at_chance(r), _rank_key(r)))
     return rows
+
+
+def _at_chance(row: Mapping[str, Any]) -> bool:
+    """The figure a row is ranked by (test accuracy if retrained, else derived_val_acc) is at chance."""
+    return bool(row["test_near_chance"] if is_number(row["test_acc_mean"]) else row["val_near_chance"])
 
 
 def _best_search(runs: list[Mapping[str, Any]]) -> Mapping[str, Any] | None:

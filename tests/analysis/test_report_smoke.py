@@ -45,5 +45,17 @@ def test_smoke_study_report(smoke, tmp_path: Path) -> None:
         "reduction_history_normal",
         "reduction_history_reduce",
         "optuna_history",
+        "retrain_curves",
     }
     assert expected <= set(rep.pictures)
+    # The dataset in the header, and Optuna's trial numbers mapped to Tune trial ids (MLflow run names).
+    html = rep.html.read_text()
+    assert "dataset: cifar10" in html and "16x16 px, 10 classes" in html
+    mapped = rep.frames["optuna_trials"].set_index("number")["tune_trial_id"]
+    assert mapped.notna().all() and set(mapped) == set(search["trial_id"])
+    runs = search.set_index("trial_id")
+    otrials = rep.frames["optuna_trials"].set_index("number")
+    for number, trial_id in mapped.items():
+        sampled = runs.loc[trial_id, "param.space.binarization.method"]
+        assert str(otrials.loc[number, "param.binarization.method"]) == sampled
+    assert "degenerate_cells" in rep.frames["leaderboard"]

@@ -4,11 +4,12 @@ Imported by tests/conftest.py at collection time, so this module imports neither
 Ray starts (as a subprocess) only when a test asks for ``ray_head`` or ``smoke_study``, and such tests
 carry the ``platform`` marker (``pytest -m "not platform"`` starts no Ray at all).
 
-``smoke_study`` runs ``python run.py --study bnas_smoke`` (shrunk with ``--set`` so it takes about a
-minute and a half on a 2-core CPU) once per test session, against a Ray head started here, with a real
+``smoke_study`` runs ``python run.py --study bnas_smoke`` (shrunk with ``--set``: 139 s measured on
+a shared, busy 2-core CPU) once per test session, against a Ray head started here, with a real
 Optuna storage and a real MLflow SQLite store in a temporary folder, on the session's fake CIFAR-10
-(tests/conftest.py: 200/100 random images; the figures mean nothing, the pipeline is what is tested,
-and reading it costs nothing in every trial). Other tests (the analysis ones too) reuse it read-only.
+(tests/conftest.py: 200/100 images whose colour and stripes depend on the class, so the retrainings
+learn above chance, see test_smoke_outcome.py; reading it costs nothing in every trial). Other tests
+(the analysis ones too) reuse it read-only.
 """
 
 from __future__ import annotations

@@ -15,7 +15,9 @@ REPO = Path(__file__).resolve().parents[2]
 RUN_PY = REPO / "run.py"
 
 #: ``--set`` items that shrink bnas_smoke to a test: 3 trials of 2 reduction stages (3 ops per edge),
-#: images that the fake 200/100-image CIFAR of tests/conftest.py also has, top-2 x 2 seeds retrained.
+#: images that the fake 200/100-image CIFAR of tests/conftest.py also has, top-2 x 2 seeds retrained
+#: for 30 SGD steps (10 epochs of 3 batches: enough to learn the fake classes' colours, see
+#: test_smoke_outcome.py; 12 steps left every retraining at exactly chance).
 SMOKE_TEST_SETTINGS = [
     "trials=3",
     "fixed.search.ops=[skip_connect,sep_conv_3x3,max_pool_3x3]",
@@ -23,6 +25,9 @@ SMOKE_TEST_SETTINGS = [
     "fixed.data.test_subset=100",
     "retrain.top_k=2",
     "retrain.seeds=[0,1]",
+    "retrain.overrides.data.train_subset=192",
+    "retrain.overrides.data.test_subset=100",
+    "retrain.overrides.retrain.epochs=10",
 ]
 
 

@@ -35,6 +35,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         "RAY_ADDRESS",
         "BNAS_DATA_ROOT",
         "MLFLOW_TRACKING_URI",
+        "RAY_AIR_NEW_OUTPUT",
+        "MLFLOW_LOGGING_LEVEL",
     ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")

@@ -18,7 +18,13 @@ import pytest
 from optuna.trial import TrialState
 from platform_helpers import SMOKE_TEST_SETTINGS, SmokeStudy, end_group, run_cli, smoke_args, start_cli
 
-from bnas.platform.tracking_schema import experiment_name, search_all
+from bnas.platform.tracking_schema import (
+    CHAMPION_ALIAS,
+    ModelTag,
+    experiment_name,
+    registered_model_name,
+    search_all,
+)
 
 pytestmark = pytest.mark.platform  # every test here runs a study on a Ray head
 
@@ -54,7 +60,7 @@ def _check_study_consistent(uri: str, out_dir: Path, trials: int) -> list:
     assert len(trial_ids) == len(set(trial_ids)) == trials, trial_ids
     for r in searches:
         assert r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
-        assert r.info.status in ("FINISHED", "FAILED")
+        assert r.info.status in ("FINISHED", "FAILED", "KILLED")  # KILLED: pruned by the scheduler
         assert r.data.tags["bnas.state"] in ("complete", "pruned", "failed")
         steps = [m.step for m in mlflow.MlflowClient(uri).get_metric_history(r.info.run_id, "val_acc")]
         assert steps == sorted(set(steps)), f"duplicated or unordered epochs {steps}"
@@ -125,6 +131,56 @@ def test_smoke_study_retraining_runs(smoke_study: SmokeStudy) -> None:
         assert r.data.metrics["packed_bytes"] == search.data.metrics["packed_bytes"]
 
 
+def _champion(uri: str) -> tuple[str, int]:
+    """(run id, version) of the smoke study's champion, with how many versions the model has."""
+    client = mlflow.MlflowClient(uri)
+    name = registered_model_name("bnas_smoke")
+    champion = client.get_model_version_by_alias(name, CHAMPION_ALIAS)
+    return champion.run_id, len(client.search_model_versions(f"name='{name}'"))
+
+
+def test_smoke_study_registers_its_retrained_networks(smoke_study: SmokeStudy, tmp_path: Path) -> None:
+    """One Logged Model and one registered version per retraining; the champion is the rule's choice and
+    mlflow.pytorch.load_model through the alias gives the retrained network's outputs."""
+    import torch
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    from bnas.export import load_packed
+    from bnas.platform.models import VersionInfo, choose_champion
+
+    uri = smoke_study.tracking_uri
+    client = mlflow.MlflowClient(uri)
+    name = registered_model_name("bnas_smoke")
+    retrains = {r.info.run_id: r for r in _by_kind(_runs(uri), "retrain")}
+    versions = client.search_model_versions(f"name='{name}'")
+    assert sorted(v.run_id for v in versions) == sorted(retrains)
+    for v in versions:
+        run = retrains[v.run_id]
+        assert v.tags[ModelTag.GENOTYPE_DIGEST] == run.data.tags["bnas.genotype_digest"]
+        assert v.tags[ModelTag.SEED] == run.data.tags["bnas.seed"]
+        assert v.tags[ModelTag.BINARIZATION] == run.data.params["binarization.method"]
+        assert float(v.tags[ModelTag.TEST_ACC]) == pytest.approx(run.data.metrics["test_acc"])
+        logged = client.get_logged_model(v.source.removeprefix("models:/"))
+        assert logged.source_run_id == v.run_id and logged.name == "model"
+        # The run's last-epoch figures are linked to the model (its page and the models table show them).
+        linked = {m.key: m.value for m in logged.metrics}
+        assert linked["test_acc"] == pytest.approx(run.data.metrics["test_acc"])
+        assert "model.bnas" in _artifacts(uri, v.run_id)  # the packed file stays beside the model
+    infos = [VersionInfo.from_version(v) for v in versions]
+    champion = client.get_model_version_by_alias(name, CHAMPION_ALIAS)
+    assert int(champion.version) == choose_champion([i for i in infos if i is not None])
+
+    with _use_tracking_uri(uri):
+        loaded = mlflow.pytorch.load_model(f"models:/{name}@{CHAMPION_ALIAS}")
+    client.download_artifacts(champion.run_id, "model.bnas", str(tmp_path))
+    size = int(retrains[champion.run_id].data.params["data.image_size"])
+    x = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = load_packed(tmp_path / "model.bnas")(x)[0]
+        out = loaded(x)
+    assert out.shape == ref.shape and torch.allclose(out, ref, rtol=0, atol=1e-5 * float(ref.abs().max()))
+
+
 def test_smoke_study_prints_where_to_look_and_summary(smoke_study: SmokeStudy) -> None:
     assert "MLflow UI:" in smoke_study.stdout and "Ray dashboard:" in smoke_study.stdout
     assert "summary (search trials:" in smoke_study.stdout
@@ -146,10 +202,13 @@ def test_retrain_stage_alone_skips_what_is_done(
         settings=SMOKE_TEST_SETTINGS,
     )
     before = len(_by_kind(_runs(smoke_study.tracking_uri), "retrain"))
+    champion_before = _champion(smoke_study.tracking_uri)
     res = run_cli(args, cwd=smoke_study.out_dir.parent, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "already retrained" in res.stdout
     assert len(_by_kind(_runs(smoke_study.tracking_uri), "retrain")) == before
+    # Nothing retrained, nothing beaten: no new version, the alias stays where it was.
+    assert _champion(smoke_study.tracking_uri) == champion_before
 
 
 def test_killed_driver_resumes_without_lost_or_duplicated_runs(
