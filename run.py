@@ -139,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
         # reporter is silent at 0. MLflow's INFO lines (database creation) are noise to a study.
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+        # Short CPU trials checkpoint every few seconds, which Tune reports as "snapshotting has been
+        # triggered multiple times" (advice to tune num_to_keep; nothing a study user acts on).
+        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Also before Ray is imported (it reads its auth mode once, at import):
     address = args.address or os.environ.get("RAY_ADDRESS")
     if (

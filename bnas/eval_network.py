@@ -22,7 +22,7 @@ from torch import nn
 
 from bnas.binarization import BinarySpec
 from bnas.genotype import Genotype
-from bnas.operations import FactorizedReduce, Identity, ReLUConvBN, make_op
+from bnas.operations import FactorizedReduce, Identity, ReLUConvBN, imagenet_stems, make_op
 
 
 def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
@@ -135,6 +135,30 @@ class AuxiliaryHeadImageNet(nn.Module):
         return self.classifier(x.flatten(1))
 
 
+def build_cells(genotype: Genotype, layers: int, C_prev_prev: int, C_prev: int, C_curr: int,
+                reduction_prev: bool, aux_index: int,
+                spec: BinarySpec) -> tuple[nn.ModuleList, int, int | None]:
+    """The DARTS cell stack [C]: ``layers`` cells, reduction (channels doubled) at 1/3 and 2/3 depth.
+
+    Shared by the CIFAR and ImageNet layouts, which differ only in their stems (and so in the first
+    cell's inputs: ``reduction_prev`` is True where s0 has twice s1's resolution). Returns the cells,
+    the channels of the last cell's output and those after cell ``aux_index`` (the auxiliary head's).
+    """
+    cells = nn.ModuleList()
+    C_aux = None
+    for i in range(layers):
+        reduction = i in (layers // 3, 2 * layers // 3)
+        if reduction:
+            C_curr *= 2
+        cell = EvalCell(genotype, C_prev_prev, C_prev, C_curr, reduction, reduction_prev, spec)
+        reduction_prev = reduction
+        cells.append(cell)
+        C_prev_prev, C_prev = C_prev, cell.multiplier * C_curr
+        if i == aux_index:
+            C_aux = C_prev
+    return cells, C_prev, C_aux
+
+
 class EvalNetwork(nn.Module):
     """DARTS CIFAR evaluation network for a genotype, binarized by ``spec``.
 
@@ -156,20 +180,9 @@ class EvalNetwork(nn.Module):
         self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False),
                                   nn.BatchNorm2d(C_curr))
         C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
-        self.cells = nn.ModuleList()
-        reduction_prev = False
         self.aux_index = 2 * layers // 3
-        C_aux = None
-        for i in range(layers):
-            reduction = i in (layers // 3, 2 * layers // 3)
-            if reduction:
-                C_curr *= 2
-            cell = EvalCell(genotype, C_prev_prev, C_prev, C_curr, reduction, reduction_prev, spec)
-            reduction_prev = reduction
-            self.cells.append(cell)
-            C_prev_prev, C_prev = C_prev, cell.multiplier * C_curr
-            if i == self.aux_index:
-                C_aux = C_prev
+        self.cells, C_prev, C_aux = build_cells(genotype, layers, C_prev_prev, C_prev, C_curr, False,
+                                                self.aux_index, spec)
         self.auxiliary_head = AuxiliaryHead(C_aux, num_classes) if auxiliary else None
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_prev, num_classes)
@@ -202,43 +215,19 @@ class EvalNetworkImageNet(nn.Module):
         super().__init__()
         if layers < 3:
             raise ValueError(f"layers must be >= 3 (two reduction cells and one normal), got {layers}")
-        if C % 2:
-            raise ValueError(f"the ImageNet stem halves C first: C must be even, got {C}")
         spec = spec or BinarySpec()
         self.genotype, self.spec, self.layers = genotype, spec, layers
         self.network = "imagenet"
         self.drop_path_prob = 0.0
         self.bn_eps = bn_eps  # a build argument; also what bnas.folding keeps once the BNs are folded
-        # Full-precision stems [C]: three stride-2 3x3 convs in all, 224 -> 112 -> 56 (stem0) -> 28 (stem1).
-        self.stem0 = nn.Sequential(
-            nn.Conv2d(in_channels, C // 2, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(C // 2),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(C // 2, C, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(C),
-        )
-        self.stem1 = nn.Sequential(
-            nn.ReLU(inplace=False),  # stem0's output is also the first cell's s0
-            nn.Conv2d(C, C, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(C),
-        )
+        self.stem0, self.stem1 = imagenet_stems(C, in_channels)  # full precision [C]
         C_prev_prev, C_prev, C_curr = C, C, C
         # s0 (stem0, 56 px) has twice the resolution of s1 (stem1, 28 px): the first cell reduces it
         # like the cell after a reduction does, with a full-precision factorized reduce [C].
         reduction_prev = True
-        self.cells = nn.ModuleList()
         self.aux_index = 2 * layers // 3
-        C_aux = None
-        for i in range(layers):
-            reduction = i in (layers // 3, 2 * layers // 3)
-            if reduction:
-                C_curr *= 2
-            cell = EvalCell(genotype, C_prev_prev, C_prev, C_curr, reduction, reduction_prev, spec)
-            reduction_prev = reduction
-            self.cells.append(cell)
-            C_prev_prev, C_prev = C_prev, cell.multiplier * C_curr
-            if i == self.aux_index:
-                C_aux = C_prev
+        self.cells, C_prev, C_aux = build_cells(genotype, layers, C_prev_prev, C_prev, C_curr,
+                                                reduction_prev, self.aux_index, spec)
         self.auxiliary_head = AuxiliaryHeadImageNet(C_aux, num_classes) if auxiliary else None
         # DARTS pools the 7x7 maps with AvgPool2d(7); adaptive pooling is the same there and works at
         # any input size.

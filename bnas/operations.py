@@ -160,3 +160,27 @@ OPS.add("dil_conv_5x5", lambda C, stride, affine, spec: DilConv(C, C, 5, stride,
 def make_op(name: str, C: int, stride: int, affine: bool, spec: BinarySpec) -> nn.Module:
     """Build operation ``name`` for ``C`` channels; unknown names raise with the valid list."""
     return OPS.get(name)(C, stride, affine, spec)
+
+
+def imagenet_stems(C: int, in_channels: int = 3) -> tuple[nn.Sequential, nn.Sequential]:
+    """DARTS / PC-DARTS ImageNet stems [C], full precision, shared by the evaluation and search networks.
+
+    ``stem0`` = conv 3x3 s2 to C/2, BN, ReLU, conv 3x3 s2 to C, BN; ``stem1`` = ReLU, conv 3x3 s2 to C,
+    BN: three stride-2 convs in all (224 -> 112 -> 56 (stem0) -> 28 px (stem1)). stem0's output is also
+    the first cell's s0, so stem1's ReLU must not work in place.
+    """
+    if C % 2:
+        raise ValueError(f"the ImageNet stem halves C first: C must be even, got {C}")
+    stem0 = nn.Sequential(
+        nn.Conv2d(in_channels, C // 2, 3, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(C // 2),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(C // 2, C, 3, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(C),
+    )
+    stem1 = nn.Sequential(
+        nn.ReLU(inplace=False),
+        nn.Conv2d(C, C, 3, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(C),
+    )
+    return stem0, stem1

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bnas.binarization import BatchedBinarization, BinaryConv2d, BinarySpec
-from bnas.operations import FactorizedReduce, ReLUConvBN, make_op
+from bnas.operations import FactorizedReduce, ReLUConvBN, imagenet_stems, make_op
 from bnas.search_space import CELL_TYPES, edge_endpoints, num_edges  # noqa: F401  (re-exported)
 
 
@@ -356,20 +356,7 @@ class SuperNetworkImageNet(SuperNetwork):
     """
 
     def _build_stem(self, C: int, stem_multiplier: int, in_channels: int) -> tuple[int, int, bool]:
-        if C % 2:
-            raise ValueError(f"the ImageNet stem halves C first: init_channels must be even, got {C}")
-        self.stem0 = nn.Sequential(
-            nn.Conv2d(in_channels, C // 2, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(C // 2),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(C // 2, C, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(C),
-        )
-        self.stem1 = nn.Sequential(
-            nn.ReLU(inplace=False),  # stem0's output is also the first cell's s0
-            nn.Conv2d(C, C, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(C),
-        )
+        self.stem0, self.stem1 = imagenet_stems(C, in_channels)
         return C, C, True
 
     def _stem_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

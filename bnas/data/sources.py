@@ -104,7 +104,8 @@ class DatasetSource:
 DATASETS: Registry[DatasetSource] = Registry("dataset")
 
 
-def _md5(path: Path) -> str:
+def file_md5(path: Path) -> str:
+    """MD5 hex digest of a file, read in 1 MiB blocks (integrity checks, dataset fingerprints)."""
     h = hashlib.md5(usedforsecurity=False)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -213,7 +214,7 @@ class _CifarSource(DatasetSource):
         differ = [
             f
             for f, md5 in self.md5.items()
-            if (root / self.folder / f).is_file() and _md5(root / self.folder / f) != md5
+            if (root / self.folder / f).is_file() and file_md5(root / self.folder / f) != md5
         ]
         if differ:
             warnings.warn(

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bnas.data.sources import file_md5
 from bnas.errors import ConfigError
 from bnas.platform.study import StudySpec
 
@@ -90,14 +91,6 @@ class DatasetDescription:
         )
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _fingerprint(root: Path, dataset: str) -> tuple[str, int | None]:
     """A digest of the dataset's content, and (CIFAR) how many files differ from the official MD5s.
 
@@ -115,7 +108,7 @@ def _fingerprint(root: Path, dataset: str) -> tuple[str, int | None]:
         differ = 0
         for name in sorted(official):
             path = root / folder / name
-            digest = _file_digest(path) if path.is_file() else "missing"
+            digest = file_md5(path) if path.is_file() else "missing"
             differ += digest != official[name]
             h.update(f"{name}\0{digest}\n".encode())
         return h.hexdigest()[:12], differ

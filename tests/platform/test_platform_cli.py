@@ -160,7 +160,8 @@ def test_resume_must_use_the_recorded_tracking_store(
 
 @pytest.mark.platform
 def test_gpu_asked_where_none_exists(tmp_path: Path, fake_cifar_root: Path) -> None:
-    """Needs a cluster to ask: run.py starts a local one (the default path), finds no GPU, stops it."""
+    """A real run on this GPU-less machine is refused before any Ray process starts: the preflight reads
+    the resources a local cluster would have (cluster.check_cluster), as --check does."""
     res = run_cli(
         _args(tmp_path, fake_cifar_root, "--no-dashboard", "--set", "resources.gpu=1"),
         cwd=tmp_path,
