@@ -120,9 +120,11 @@ def _load_study(args: argparse.Namespace) -> StudySpec:
     spec = load_study(args.study, overrides)  # data.root: the study's, else ./data (absolute)
     configured = spec.base_config.data.root
     root = resolve_data_root(args.data_root, configured, os.environ)
-    if root == Path(DEFAULT_ROOT).resolve() and not spec.base_config.data.download:
+    fetch = root == Path(DEFAULT_ROOT).resolve() and not spec.base_config.data.download
+    if fetch:
         overrides.append("fixed.data.download=true")  # nothing named a root: ./data, fetched if missing
-    spec = load_study(args.study, overrides, data_root=root)
+    if fetch or configured is None or root != Path(configured):
+        spec = load_study(args.study, overrides, data_root=root)
     if args.name is not None:
         spec = dataclasses.replace(spec, name=check_name(args.name))
     return spec

@@ -159,6 +159,20 @@ def build_cells(genotype: Genotype, layers: int, C_prev_prev: int, C_prev: int, 
     return cells, C_prev, C_aux
 
 
+def cells_forward(net: nn.Module, s0: torch.Tensor,
+                  s1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The cell stack and heads of both layouts after their stems: (logits, auxiliary logits while
+    training, else None). ``net`` has ``cells``, ``aux_index``, ``auxiliary_head``, ``global_pooling``,
+    ``classifier`` and ``drop_path_prob`` (:class:`EvalNetwork`, :class:`EvalNetworkImageNet`)."""
+    aux = None
+    for i, cell in enumerate(net.cells):
+        s0, s1 = s1, cell(s0, s1, net.drop_path_prob)
+        if i == net.aux_index and net.auxiliary_head is not None and net.training:
+            aux = net.auxiliary_head(s1)
+    logits = net.classifier(net.global_pooling(s1).flatten(1))
+    return logits, aux
+
+
 class EvalNetwork(nn.Module):
     """DARTS CIFAR evaluation network for a genotype, binarized by ``spec``.
 
@@ -191,14 +205,8 @@ class EvalNetwork(nn.Module):
                 m.eps = bn_eps
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        aux = None
         s0 = s1 = self.stem(x)
-        for i, cell in enumerate(self.cells):
-            s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
-            if i == self.aux_index and self.auxiliary_head is not None and self.training:
-                aux = self.auxiliary_head(s1)
-        logits = self.classifier(self.global_pooling(s1).flatten(1))
-        return logits, aux
+        return cells_forward(self, s0, s1)
 
 
 class EvalNetworkImageNet(nn.Module):
@@ -249,12 +257,5 @@ class EvalNetworkImageNet(nn.Module):
         }
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        aux = None
         s0 = self.stem0(x)
-        s1 = self.stem1(s0)
-        for i, cell in enumerate(self.cells):
-            s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
-            if i == self.aux_index and self.auxiliary_head is not None and self.training:
-                aux = self.auxiliary_head(s1)
-        logits = self.classifier(self.global_pooling(s1).flatten(1))
-        return logits, aux
+        return cells_forward(self, s0, self.stem1(s0))

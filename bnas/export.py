@@ -271,11 +271,7 @@ def load_packed(path: str | Path, device: torch.device | str = "cpu") -> nn.Modu
         return _load_v1(model, header, payload, path).eval().to(device)
     folded = fold_network(model)
     entries = folded_tensors(folded)
-    if _layout_digest(entries) != header["layout_digest"]:
-        raise PackedFormatError(
-            f"{path}: the network rebuilt from the header has a different tensor layout than the "
-            "exported one (written by an incompatible version of bnas?)"
-        )
+    _check_layout(entries, header, path)
     bits, floats = _unpack(payload, header["binary_params"], header["floats"], path)
     state = folded.state_dict()
     bit_pos = fp_pos = 0
@@ -291,13 +287,18 @@ def load_packed(path: str | Path, device: torch.device | str = "cpu") -> nn.Modu
     return folded.eval().to(device)
 
 
-def _load_v1(model: nn.Module, header: dict[str, Any], payload: bytes, path: Path) -> nn.Module:
-    entries = inference_tensors(model)
+def _check_layout(entries: list[Any], header: dict[str, Any], path: Path) -> None:
+    """The network rebuilt from the header must have the exported tensor layout (v1 and v2 alike)."""
     if _layout_digest(entries) != header["layout_digest"]:
         raise PackedFormatError(
             f"{path}: the network rebuilt from the header has a different tensor layout than the "
             "exported one (written by an incompatible version of bnas?)"
         )
+
+
+def _load_v1(model: nn.Module, header: dict[str, Any], payload: bytes, path: Path) -> nn.Module:
+    entries = inference_tensors(model)
+    _check_layout(entries, header, path)
     _, floats = _unpack(payload, header["binary_params"], header["floats"], path)
     bits, _ = _unpack(payload[: math.ceil(header["binary_params"] / 8)], header["binary_params"], 0, path)
     state = model.state_dict()

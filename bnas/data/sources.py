@@ -209,13 +209,15 @@ class _CifarSource(DatasetSource):
             + " Or set data.download: true on a machine with internet access to fetch the official archive."
         )
 
+    def file_digests(self, root: Path) -> dict[str, str | None]:
+        """The MD5 of each file of the official release under ``root`` (None where it is missing), in
+        :attr:`md5`'s order: the integrity check here and the study's dataset fingerprint both read it."""
+        base = root / self.folder
+        return {f: file_md5(base / f) if (base / f).is_file() else None for f in self.md5}
+
     def _verify(self, root: Path) -> None:
         """Compare with the official MD5 sums; a mismatch is reported once and the files are used anyway."""
-        differ = [
-            f
-            for f, md5 in self.md5.items()
-            if (root / self.folder / f).is_file() and file_md5(root / self.folder / f) != md5
-        ]
+        differ = [f for f, d in self.file_digests(root).items() if d is not None and d != self.md5[f]]
         if differ:
             warnings.warn(
                 f"{self.title} at {root / self.folder}: {len(differ)} file(s) ({', '.join(differ)}) "

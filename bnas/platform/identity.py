@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bnas.data.sources import file_md5
 from bnas.errors import ConfigError
 from bnas.platform.study import StudySpec
 
@@ -105,10 +104,10 @@ def _fingerprint(root: Path, dataset: str) -> tuple[str, int | None]:
     official: dict[str, str] | None = getattr(source, "md5", None)
     folder = getattr(source, "folder", None)
     if official is not None and folder is not None and (root / folder).is_dir():
+        digests = source.file_digests(root)
         differ = 0
-        for name in sorted(official):
-            path = root / folder / name
-            digest = file_md5(path) if path.is_file() else "missing"
+        for name in sorted(digests):
+            digest = digests[name] or "missing"
             differ += digest != official[name]
             h.update(f"{name}\0{digest}\n".encode())
         return h.hexdigest()[:12], differ
