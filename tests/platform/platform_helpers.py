@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import socket
@@ -13,6 +14,15 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 RUN_PY = REPO / "run.py"
+
+
+def load_run_main(module_name: str):
+    """``run.main`` from a fresh import of run.py under ``module_name`` (run.py is a script, not a
+    package module; each test file imports its own copy)."""
+    spec = importlib.util.spec_from_file_location(module_name, RUN_PY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
 
 #: ``--set`` items that shrink bnas_smoke to a test: 3 trials of 2 reduction stages (3 ops per edge),
 #: images that the fake 200/100-image CIFAR of tests/conftest.py also has, top-2 x 2 seeds retrained

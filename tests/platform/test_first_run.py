@@ -7,13 +7,12 @@ server of tests/test_download.py serving a fake archive in the official layout.
 
 from __future__ import annotations
 
-import importlib.util
 import socket
 from pathlib import Path
 
 import pytest
 import torchvision.datasets as tvd
-from platform_helpers import RUN_PY
+from platform_helpers import load_run_main
 from test_download import ARCHIVE, _point_torchvision_at, served  # noqa: F401  (served: a fixture)
 
 pytestmark = [pytest.mark.platform, pytest.mark.filterwarnings("ignore::bnas.data.DataIntegrityWarning")]
@@ -21,10 +20,7 @@ pytestmark = [pytest.mark.platform, pytest.mark.filterwarnings("ignore::bnas.dat
 
 @pytest.fixture(scope="module")
 def run_main():
-    spec = importlib.util.spec_from_file_location("bnas_run_py_first", RUN_PY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_run_main("bnas_run_py_first")
 
 
 @pytest.fixture

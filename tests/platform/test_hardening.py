@@ -9,13 +9,12 @@ No Ray starts here, so these tests carry no ``platform`` marker.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
 import pytest
 import torch
-from platform_helpers import RUN_PY, smoke_args
+from platform_helpers import load_run_main, smoke_args
 
 from bnas.config import ConfigError
 from bnas.platform import orchestrate
@@ -27,10 +26,7 @@ SMOKE = STUDIES_DIR / "bnas_smoke.yaml"
 
 @pytest.fixture(scope="module")
 def run_main():
-    spec = importlib.util.spec_from_file_location("bnas_run_py_hardening", RUN_PY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_run_main("bnas_run_py_hardening")
 
 
 @pytest.fixture

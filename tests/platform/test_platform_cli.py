@@ -6,22 +6,18 @@ needs a cluster to ask: a subprocess whose run.py starts a local one.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-from platform_helpers import RUN_PY, free_port, run_cli, smoke_args
+from platform_helpers import free_port, load_run_main, run_cli, smoke_args
 
 from bnas.platform.tracking import StudyTracker, TrackerConfig
 
 
 @pytest.fixture(scope="module")
 def run_main():
-    spec = importlib.util.spec_from_file_location("bnas_run_py", RUN_PY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_run_main("bnas_run_py")
 
 
 @pytest.fixture

@@ -7,13 +7,12 @@ which a first study run's parent was written by the platform's own :class:`Study
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
 
 import pytest
-from platform_helpers import RUN_PY
+from platform_helpers import load_run_main
 
 from bnas.platform.identity import describe_dataset, identity_record, study_identity
 from bnas.platform.study import load_study
@@ -26,10 +25,7 @@ pytestmark = [pytest.mark.platform, pytest.mark.filterwarnings("ignore::bnas.dat
 
 @pytest.fixture(scope="module")
 def run_main():
-    spec = importlib.util.spec_from_file_location("bnas_run_py_identity", RUN_PY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_run_main("bnas_run_py_identity")
 
 
 @pytest.fixture
