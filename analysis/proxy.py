@@ -4,17 +4,16 @@ A NAS search ranks candidates by a cheap proxy; what matters is the accuracy aft
 every retrained genotype of a search trial (retraining runs point at their search run through
 ``bnas.search_run_id``), this module pairs
 
-* the trial's ``derived_val_acc`` (the derived discrete cells with the shared weights) and its
+* the trial's ``proxy_val_acc`` (the derived discrete network fine-tuned a few steps from the shared
+  weights, then scored: computed the same way for every reduction strategy, the default objective),
+  its ``derived_val_acc`` (the derived discrete cells with the shared weights, no fine-tuning: a
+  reducing search ends already discrete, PC-DARTS pays the discretization gap) and its
   ``supernet_val_acc`` (the super-network's own validation accuracy at the end of the search)
 
 with the retrained test accuracy (mean over seeds, retrainings with the search's binarization only:
 a full-precision control retraining answers another question), and gives Kendall's rank correlation
-tau-b with its n. Below :data:`MIN_GENOTYPES` retrained genotypes the verdict is that it cannot be
-judged: with n = 3 a tau of 1 happens by chance 1 time in 6.
-
-tau-b (Kendall 1945): tau_b = (C - D) / sqrt((n0 - n1) (n0 - n2)), C/D the concordant/discordant
-pairs, n0 = n(n-1)/2, n1/n2 the pairs tied in x/in y; in [-1, 1], undefined (NaN) when one side is
-constant.
+tau-b (``scipy.stats.kendalltau``) with its p-value and n. Below :data:`MIN_GENOTYPES` retrained
+genotypes the verdict is that it cannot be judged: with n = 3 a tau of 1 happens by chance 1 time in 6.
 """
 
 from __future__ import annotations
@@ -32,6 +31,7 @@ from bnas.platform.tracking_schema import BINARIZATION_SETTING, PARAM_COLUMN, Me
 MIN_GENOTYPES = 4
 #: The proxies compared with the retrained accuracy: (column, label).
 PROXIES = (
+    (Metric.PROXY_VAL_ACC, "proxy_val_acc (derived network, fine-tuned)"),
     (Metric.DERIVED_VAL_ACC, "derived_val_acc (derived cells, shared weights)"),
     (Metric.SUPERNET_VAL_ACC, "super-network val_acc"),
 )
@@ -39,6 +39,7 @@ POINT_COLUMNS = [
     "search_run_id",
     "trial_id",
     "genotype_digest",
+    Metric.PROXY_VAL_ACC,
     Metric.DERIVED_VAL_ACC,
     Metric.SUPERNET_VAL_ACC,
     "test_acc",
@@ -46,28 +47,17 @@ POINT_COLUMNS = [
 ]
 
 
-def kendall_tau(x: Sequence[float], y: Sequence[float]) -> tuple[float, int]:
-    """(tau-b, n) over the pairs where both values are finite (formula: module docstring)."""
+def kendall_tau(x: Sequence[float], y: Sequence[float]) -> tuple[float, float, int]:
+    """(tau-b, two-sided p, n) over the pairs where both values are finite (``scipy.stats.kendalltau``);
+    tau and p are NaN below 2 pairs or when one side is constant."""
+    from scipy.stats import kendalltau
+
     pts = [(a, b) for a, b in zip(x, y) if is_number(a) and is_number(b)]
     n = len(pts)
-    concordant = discordant = tied_x = tied_y = 0
-    for i in range(n):
-        for j in range(i + 1, n):
-            dx, dy = pts[i][0] - pts[j][0], pts[i][1] - pts[j][1]
-            if dx == 0 and dy == 0:
-                tied_x += 1
-                tied_y += 1
-            elif dx == 0:
-                tied_x += 1
-            elif dy == 0:
-                tied_y += 1
-            elif (dx > 0) == (dy > 0):
-                concordant += 1
-            else:
-                discordant += 1
-    n0 = n * (n - 1) // 2
-    denom = math.sqrt((n0 - tied_x) * (n0 - tied_y))
-    return ((concordant - discordant) / denom if denom > 0 else math.nan), n
+    if n < 2 or len({a for a, _ in pts}) < 2 or len({b for _, b in pts}) < 2:
+        return math.nan, math.nan, n
+    res = kendalltau([a for a, _ in pts], [b for _, b in pts], variant="b")
+    return float(res.statistic), float(res.pvalue), n
 
 
 def proxy_points(runs: pd.DataFrame) -> pd.DataFrame:
@@ -92,6 +82,7 @@ def proxy_points(runs: pd.DataFrame) -> pd.DataFrame:
                 "search_run_id": sid,
                 "trial_id": s.get("trial_id"),
                 "genotype_digest": s.get("genotype_digest"),
+                Metric.PROXY_VAL_ACC: s.get(Metric.PROXY_VAL_ACC, math.nan),
                 Metric.DERIVED_VAL_ACC: s.get(Metric.DERIVED_VAL_ACC, math.nan),
                 Metric.SUPERNET_VAL_ACC: s.get(Metric.SUPERNET_VAL_ACC, math.nan),
                 "test_acc": sum(accs) / len(accs),
@@ -102,14 +93,13 @@ def proxy_points(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def proxy_correlations(points: pd.DataFrame) -> dict[str, Any]:
-    """Per proxy ``{"tau", "n"}``, plus ``n_genotypes``, ``judged`` (n >= :data:`MIN_GENOTYPES`) and a
-    ``verdict`` sentence for the report."""
+    """Per proxy ``{"tau", "p", "n"}``, plus ``n_genotypes``, ``judged`` (n >= :data:`MIN_GENOTYPES`) and
+    a ``verdict`` sentence for the report."""
     out: dict[str, Any] = {"n_genotypes": int(len(points)), "min_genotypes": MIN_GENOTYPES}
     for col, _ in PROXIES:
-        tau, n = kendall_tau(list(points.get(col, [])), list(points.get("test_acc", [])))
-        out[col] = {"tau": tau, "n": n}
+        tau, p, n = kendall_tau(list(points.get(col, [])), list(points.get("test_acc", [])))
+        out[col] = {"tau": tau, "p": p, "n": n}
     out["judged"] = len(points) >= MIN_GENOTYPES
-    d, sv = out[Metric.DERIVED_VAL_ACC], out[Metric.SUPERNET_VAL_ACC]
     if not out["judged"]:
         out["verdict"] = (
             f"{len(points)} retrained genotype(s): below {MIN_GENOTYPES} the rank correlation between the "
@@ -117,12 +107,20 @@ def proxy_correlations(points: pd.DataFrame) -> dict[str, Any]:
             "retrain.top_k)."
         )
     else:
+        parts = [
+            f"{col}: {_fmt(out[col]['tau'])} (p = {_fmt_p(out[col]['p'])}, n = {out[col]['n']})"
+            for col, _ in PROXIES
+        ]
         out["verdict"] = (
-            f"Kendall tau between derived_val_acc and retrained test accuracy: {_fmt(d['tau'])} "
-            f"(n = {d['n']}); between super-network val_acc and retrained accuracy: {_fmt(sv['tau'])} "
-            f"(n = {sv['n']}). Near 0 the proxy does not rank the architectures as retraining does."
+            "Kendall tau with the retrained test accuracy, " + "; ".join(parts) + ". Near 0 a proxy does not "
+            "rank the architectures as retraining does; p is the chance of a tau this far from 0 without any "
+            "relation."
         )
     return out
+
+
+def _fmt_p(p: float) -> str:
+    return "-" if not is_number(p) else f"{p:.2g}"
 
 
 def _fmt(tau: float) -> str:
@@ -132,10 +130,10 @@ def _fmt(tau: float) -> str:
 def plot_proxy_correlation(points: pd.DataFrame, summary: dict[str, Any]) -> Figure:
     """Two scatters, proxy vs retrained accuracy (one point per retrained genotype), tau and n in the
     titles; a figure that says so when there is nothing to draw."""
-    fig = Figure(figsize=(10, 4.2), layout="constrained")
-    axes = fig.subplots(1, 2)
+    fig = Figure(figsize=(14, 4.2), layout="constrained")
+    axes = fig.subplots(1, len(PROXIES))
     for ax, (col, label) in zip(axes, PROXIES):
-        stat = summary.get(col, {"tau": math.nan, "n": 0})
+        stat = summary.get(col, {"tau": math.nan, "p": math.nan, "n": 0})
         ok = points[[col, "test_acc"]].apply(pd.to_numeric, errors="coerce").dropna() if len(points) else None
         if ok is None or not len(ok):
             ax.text(0.5, 0.5, "no retrained genotype yet", ha="center", va="center", transform=ax.transAxes)

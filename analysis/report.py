@@ -175,9 +175,11 @@ def build_report(
         flagged = board[board["degenerate_cells"] != ""]
         if len(flagged):
             notes.append(
-                f"{len(flagged)} genotype(s) have a cell dominated by one operation "
-                f"(degenerate_cells column, e.g. {flagged.iloc[0]['degenerate_cells']}): the search told the "
-                "operations apart poorly, typically because its epochs were too short to learn."
+                f"{len(flagged)} genotype(s) have a cell dominated by one operation or by parameter-free "
+                "operations (degenerate_cells column, e.g. "
+                f"{flagged.iloc[0]['degenerate_cells']}): the search "
+                "told the operations apart poorly, typically because its epochs were too short to learn "
+                "(search.max_param_free caps them at derivation)."
             )
     points, acc_desc = pareto_points(board)
     cost, cost_summary = search_cost(runs) if len(runs) else search_cost(pd.DataFrame(columns=["kind"]))
@@ -204,7 +206,7 @@ def build_report(
     save("search_curves", plots.plot_search_curves(curves, states))
     retrain_curves = {}
     retrain_runs = runs_of_kind(runs, RETRAIN) if len(runs) else runs
-    for _, r in (retrain_runs.iterrows() if len(retrain_runs) else iter(())):
+    for _, r in retrain_runs.iterrows() if len(retrain_runs) else iter(()):
         label = f"{r['genotype_digest'] or r['genotype_name']} s{r['seed']}"
         retrain_curves[label] = data.metric_history(r["run_id"], RETRAIN_CURVE_METRICS)
     chance = 1 / num_classes if num_classes else None
@@ -231,6 +233,12 @@ def build_report(
         b = best.iloc[0]
         rid = b["search_run_id"]
         best_info = f"genotype {b['genotype_digest']} from trial {b['trial_id']} (run {rid})"
+        diag = data.artifact_json(rid, Artifact.DIAGNOSTICS)
+        if isinstance(diag, dict) and isinstance(diag.get("stages"), list) and diag["stages"]:
+            rep.frames["best_diagnostics"] = diagnostics_frame(diag["stages"])
+            path = rdir / "best_diagnostics.csv"
+            rep.frames["best_diagnostics"].to_csv(path, index=False)
+            rep.tables["best_diagnostics"] = path
         history = data.artifact_json(rid, Artifact.HISTORY)
         if history is not None:
             for cell in ("normal", "reduce"):
@@ -318,8 +326,13 @@ def _dataset_line(data: StudyRuns) -> str:
     official = d.get("dataset.official")
     copy = ""
     if official is not None:
-        copy = " (official files)" if official else (
-            " (a copy that differs from the official release: not exactly comparable to published figures)"
+        copy = (
+            " (official files)"
+            if official
+            else (
+                " (a copy that differs from the official release: not exactly comparable to published "
+                "figures)"
+            )
         )
     keys = ("dataset.train_subset", "dataset.test_subset")
     sizes = [(k.split(".")[-1].replace("_", " "), d.get(k)) for k in keys]
@@ -331,6 +344,32 @@ def _dataset_line(data: StudyRuns) -> str:
         + (f", {subsets}" if subsets else "")
         + f"; fingerprint {d.get('dataset.fingerprint')}"
     )
+
+
+#: Columns of the best trial's per-stage diagnostics table, in order (those present).
+DIAGNOSTIC_COLUMNS = (
+    "stage",
+    "subnets",
+    "order_rho",
+    "order_p",
+    "snr",
+    "score_sd",
+    "score_se",
+    "removed_lowest_alpha",
+    "alpha_entropy_normal",
+    "alpha_entropy_reduce",
+    "beta_entropy",
+    "param_free_normal",
+    "param_free_reduce",
+    "none_spared",
+)
+
+
+def diagnostics_frame(stages: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per stage of a search's ``diagnostics.json``, numbers rounded to 3 digits."""
+    df = pd.DataFrame([s for s in stages if isinstance(s, dict)])
+    df = df[[c for c in DIAGNOSTIC_COLUMNS if c in df.columns]]
+    return df.round(3)
 
 
 def _degenerate(data: StudyRuns, search_run_id: Any) -> str:
@@ -400,6 +439,15 @@ def _html(
         _fmt_table(f["proxy_correlation"]) if "proxy_correlation" in f else "",
         "<h2>Best architecture</h2>",
         f"<p>{e(best_info) if best_info else 'No finished search trial yet.'}</p>",
+        "<p>What each reduction stage decided on (<code>diagnostics.json</code>): order_rho, Spearman's "
+        "rho between a sampled sub-network's score and its evaluation position (far from 0: later ones "
+        "scored higher because they trained on better weights); snr, the spread of the sub-network scores "
+        "over the standard error of one score (near 1: the ranking is validation noise); "
+        "removed_lowest_alpha, the share of drops that alpha alone would have made; alpha/beta entropy "
+        "(1 = uniform: the architecture has not moved); the parameter-free share of the argmax cells.</p>"
+        if "best_diagnostics" in f
+        else "",
+        _fmt_table(f["best_diagnostics"]) if "best_diagnostics" in f else "",
         img("reduction_history_normal", "reduction history, normal cell"),
         img("reduction_history_reduce", "reduction history, reduction cell"),
         img("best_normal_cell", "best normal cell"),

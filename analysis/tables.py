@@ -330,14 +330,18 @@ def optuna_view(study: Any) -> dict[str, Any]:
 
 
 #: [D] A cell is flagged degenerate when one operation holds at least this share of its edges (e.g.
-#: 7 of 8 edges max_pool_3x3): a sign that the search learned nothing that tells operations apart.
+#: 7 of 8 edges max_pool_3x3), or when its parameter-free operations (skip, pools) do
+#: (``search.degenerate_share``'s default: a uniformly random cell has 3/7): a search that learned
+#: nothing that tells weighted operations apart.
 DEGENERATE_SHARE = 0.75
 
 
-def degenerate_cells(genotype: Any) -> str:
-    """``"normal: 7/8 max_pool_3x3"``-style flags for the cells of ``genotype`` dominated by one
-    operation (:data:`DEGENERATE_SHARE`), ``""`` when none is."""
+def degenerate_cells(genotype: Any, share: float = DEGENERATE_SHARE) -> str:
+    """``"normal: 6/8 parameter-free"`` / ``"normal: 7/8 max_pool_3x3"``-style flags for the cells of
+    ``genotype`` at or above ``share``, ``""`` when none is."""
     from collections import Counter
+
+    from bnas.search_space import PARAM_FREE
 
     flags = []
     for cell in ("normal", "reduce"):
@@ -345,8 +349,11 @@ def degenerate_cells(genotype: Any) -> str:
         if not ops:
             continue
         op, n = Counter(ops).most_common(1)[0]
-        if n / len(ops) >= DEGENERATE_SHARE:
+        free = sum(o in PARAM_FREE for o in ops)
+        if n / len(ops) >= share:
             flags.append(f"{cell}: {n}/{len(ops)} {op}")
+        elif free / len(ops) >= share:
+            flags.append(f"{cell}: {free}/{len(ops)} parameter-free")
     return "; ".join(flags)
 
 

@@ -54,7 +54,14 @@ PAPER_IMAGES_PER_EPOCH = 25_000
 CIFAR10_TRAIN_IMAGES = 50_000
 #: Phases of ``final.json["phase_times_s"]`` (bnas.search's PhaseTimer), in the order printed.
 PHASES = (
-    "data", "weight_step", "arch_step", "validation", "subnet_train", "subnet_eval", "checkpoint", "derive"
+    "data",
+    "weight_step",
+    "arch_step",
+    "validation",
+    "subnet_train",
+    "subnet_eval",
+    "checkpoint",
+    "derive",
 )
 REFERENCES = ("pcdarts_fp", "pcdarts_xnor")  # the ratios' denominators
 SHARED_DATA = REPO.parent / "shared" / "data"  # the rebuilt CIFAR-10 copy next to the repository
@@ -76,6 +83,8 @@ PCDARTS: dict[str, Any] = {
     "search.weight_decay": 3e-4,  # [C]
     "search.arch_lr": 6e-4,  # [C] Adam
     "search.arch_weight_decay": 1e-3,  # [C]
+    "search.validate_every": 1000,  # [C] train_search.py validates after the last epoch only
+    "search.none_op": "candidate",  # [C] `none` is one of its 8 ops
 }
 # BNAS (method.md section 6; configs/search_paper.yaml): the project's defaults, written out so that the
 # benchmark keeps testing the paper's schedule if a default moves. Marks: [P] paper, [R] recalled.
@@ -92,6 +101,15 @@ BNAS: dict[str, Any] = {
     "search.lr": 0.025,  # [R]
     "search.weight_decay": 5e-4,  # [R]
     "search.arch_lr": 0.01,  # [R]
+    # The reduction mechanics as recalled (the project's defaults depart from them: README, search signal).
+    "search.none_op": "candidate",  # [P] `none` is one of the 8 ops
+    "search.max_param_free": None,  # [P] no cap on parameter-free ops
+    "reduction.subnet_weights": "shared",  # [R] sub-networks train one after another, changes kept
+    "reduction.subnet_score": "accuracy",  # [P]
+    "reduction.estimate": "edge",  # [P]
+    "reduction.min_pool": 1,  # [R] the lower-alpha half only
+    "search.validate_every": 1,  # [C] DARTS: every epoch (the project's cadence until the defaults moved)
+    "search.checkpoint_every": 1,  # [D] every epoch (likewise)
 }
 
 
@@ -110,20 +128,24 @@ SCHEDULES: dict[str, Schedule] = {
     "bnas_k4": Schedule("BNAS, K=4", {**BNAS, "search.sampling_k": 4}),  # [D] PC-DARTS's K
     # Equal-epoch controls (not run by default): BNAS's schedule with nothing removed and no sampled
     # sub-networks, i.e. what the performance strategy adds or saves at the same K and epochs.
-    "none_k2": Schedule("BNAS epochs, none, K=2",
-                        {**BNAS, "reduction.strategy": "none", "search.sampling_k": 2}),
-    "none_k4": Schedule("BNAS epochs, none, K=4",
-                        {**BNAS, "reduction.strategy": "none", "search.sampling_k": 4}),
+    "none_k2": Schedule(
+        "BNAS epochs, none, K=2", {**BNAS, "reduction.strategy": "none", "search.sampling_k": 2}
+    ),
+    "none_k4": Schedule(
+        "BNAS epochs, none, K=4", {**BNAS, "reduction.strategy": "none", "search.sampling_k": 4}
+    ),
+    # What `python -m bnas search` runs with no flags: the project's defaults, whatever they are now.
+    "defaults": Schedule("BNAS, the defaults", {}),
 }
 DEFAULT_SCHEDULES = ("pcdarts_fp", "pcdarts_xnor", "bnas_k2", "bnas_k4")
 
 # How the engine runs, applied to EVERY schedule alike (so the comparison stays schedule vs schedule):
-# ``paper`` validates the super-network and checkpoints after every epoch (the project's defaults);
+# ``paper`` validates the super-network and checkpoints after every epoch (DARTS's cadence);
 # ``fast`` validates only after the last epoch, as PC-DARTS's own train_search.py does [C], and
 # checkpoints every 5 epochs (and after every reduction). Neither changes the derived genotype: the
 # per-epoch validation feeds only the logs (and ASHA on the platform), and checkpoints only resume.
 ENGINES: dict[str, dict[str, Any]] = {
-    "paper": {},
+    "paper": {"search.validate_every": 1, "search.checkpoint_every": 1},
     "fast": {"search.validate_every": 1000, "search.checkpoint_every": 5},
 }
 
@@ -148,8 +170,15 @@ SCALES: dict[str, Scale] = {
     # the test). Every schedule's batch is cut to the 24 images (a search refuses less than one batch).
     "tiny": Scale(
         48,
-        {"data.image_size": 8, "search.layers": 3, "search.init_channels": 4, "search.batch_size": 24,
-         "search.max_batches_per_epoch": 1, "reduction.subnet_max_batches": 1, "reduction.rounds": 1},
+        {
+            "data.image_size": 8,
+            "search.layers": 3,
+            "search.init_channels": 4,
+            "search.batch_size": 24,
+            "search.max_batches_per_epoch": 1,
+            "reduction.subnet_max_batches": 1,
+            "reduction.rounds": 1,
+        },
         epoch_factor=0.2,
         about="smoke check: BNAS 7 stages x 1 epoch, T=1, against PC-DARTS 10 epochs (3 warm-up)",
     ),
@@ -168,6 +197,32 @@ SCALES: dict[str, Scale] = {
         {"data.image_size": 16, "search.init_channels": 8},
         seeds=(0, 1),
         about="the paper's epoch counts and each schedule's own cell count on a CPU-sized problem",
+    ),
+    # The `cpu` sizes with nothing else set: `python -m bnas search` with no flags (torch's threads too)
+    # against PC-DARTS's schedule, >= 3 rounds (main() picks these schedules and rounds).
+    "defaults": Scale(
+        512,
+        {"data.image_size": 16, "search.layers": 5, "search.init_channels": 8},
+        threads=None,
+        seeds=(0, 1, 2),
+        about="the project's defaults at the cpu sizes against PC-DARTS's schedule",
+    ),
+    # The same comparison in seconds, for the test: tiny sizes and epochs.
+    "defaults_tiny": Scale(
+        48,
+        {
+            "data.image_size": 8,
+            "search.layers": 3,
+            "search.init_channels": 4,
+            "search.batch_size": 24,
+            "search.max_batches_per_epoch": 1,
+            "reduction.subnet_max_batches": 1,
+            "reduction.rounds": 1,
+        },
+        epoch_factor=0.2,
+        threads=None,
+        seeds=(0, 1, 2),
+        about="smoke check of the defaults scale",
     ),
     # The paper's sizes: 25,000 + 25,000 images of 32 px, C=16, full epochs; the layers are each
     # schedule's own (PC-DARTS 8, BNAS the project's search.layers).
@@ -188,6 +243,14 @@ def scale_epochs(settings: dict[str, Any], factor: float) -> dict[str, Any]:
     (3)) while making both affordable; the sampling rounds T and sub-network epochs V are not scaled.
     """
     out = dict(settings)
+    if factor == 1:
+        return out
+    if "reduction.epochs_per_stage" not in out:  # a schedule of defaults: scale the defaults
+        from bnas.config import ReductionConfig
+
+        d = ReductionConfig()
+        out.setdefault("reduction.epochs_per_stage", d.epochs_per_stage)
+        out.setdefault("reduction.warmup_epochs", d.warmup_epochs)
     epochs = max(1, math.floor(out["reduction.epochs_per_stage"] * factor + 0.5))
     out["reduction.epochs_per_stage"] = epochs
     warmup = math.floor(out.get("reduction.warmup_epochs", 0) * factor + 0.5)
@@ -208,13 +271,24 @@ def nest(dotted: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_settings(
-    schedule: Schedule, scale: Scale, seed: int, data_root: Path, n_images: int | None, device: str,
-    threads: int | None, epoch_factor: float, extra: dict[str, Any] | None = None,
+    schedule: Schedule,
+    scale: Scale,
+    seed: int,
+    data_root: Path,
+    n_images: int | None,
+    device: str,
+    threads: int | None,
+    epoch_factor: float,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Dotted settings of one search: schedule, then the scale's sizes, epochs scaled by ``epoch_factor``."""
     s: dict[str, Any] = {
-        "seed": seed, "device": device, "data.dataset": "cifar10", "data.root": str(data_root),
-        "data.train_subset": n_images, "data.val_fraction": 0.5,  # [C] half the images drive alpha/beta
+        "seed": seed,
+        "device": device,
+        "data.dataset": "cifar10",
+        "data.root": str(data_root),
+        "data.train_subset": n_images,
+        "data.val_fraction": 0.5,  # [C] half the images drive alpha/beta
     }
     if threads is not None:
         s["threads"] = threads
@@ -266,8 +340,20 @@ def run_search(settings: dict[str, Any], config: Path, run_dir: Path) -> dict[st
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(yaml.safe_dump(nest(settings), sort_keys=False))
     # --data-root too: the flag wins over $BNAS_DATA_ROOT, which would otherwise replace data.root.
-    cmd = [sys.executable, "-m", "bnas", "search", "--config", str(config), "--data-root",
-           str(settings["data.root"]), "--out", str(run_dir), "--no-resume", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bnas",
+        "search",
+        "--config",
+        str(config),
+        "--data-root",
+        str(settings["data.root"]),
+        "--out",
+        str(run_dir),
+        "--no-resume",
+        "--quiet",
+    ]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -305,31 +391,60 @@ def summarize(runs: list[dict[str, Any]], names: list[str]) -> list[dict[str, An
             {p: _median([r["stage_times"][i].get("phases", {}).get(p) for r in mine]) for p in PHASES}
             for i in range(n_stages)
         ]
-        rows.append({
-            "schedule": name,
-            "label": SCHEDULES[name].label,
-            "search_s": search_s,
-            "process_s": statistics.median(r["process_wall_s"] for r in mine),
-            "search_s_per_round": [r["search_time_s"] for r in mine],
-            "epochs": mine[0]["epochs"],
-            "stages": mine[0]["stages"],
-            "images_per_epoch": mine[0]["images_per_epoch"],
-            "phases_s": phases,
-            "other_s": search_s - sum(known) if known else None,
-            "stage_wall_s": stage_wall,
-            "stage_phases_s": stage_phases,
-            "peak_rss_mib": max(r["peak_rss_mib"] for r in mine),
-            "peak_cuda_mib": max((c for c in cuda if c is not None), default=None),
-            "derived_val_acc": statistics.fmean(seed_acc.values()),
-            "derived_val_acc_per_seed": seed_acc,
-            "days_at_25k": search_s * PAPER_IMAGES_PER_EPOCH / mine[0]["images_per_epoch"] / 86400,
-            "device": mine[0]["device"],
-        })
+        rows.append(
+            {
+                "schedule": name,
+                "label": SCHEDULES[name].label,
+                "search_s": search_s,
+                "process_s": statistics.median(r["process_wall_s"] for r in mine),
+                "search_s_per_round": [r["search_time_s"] for r in mine],
+                "epochs": mine[0]["epochs"],
+                "stages": mine[0]["stages"],
+                "images_per_epoch": mine[0]["images_per_epoch"],
+                "phases_s": phases,
+                "other_s": search_s - sum(known) if known else None,
+                "stage_wall_s": stage_wall,
+                "stage_phases_s": stage_phases,
+                "peak_rss_mib": max(r["peak_rss_mib"] for r in mine),
+                "peak_cuda_mib": max((c for c in cuda if c is not None), default=None),
+                "derived_val_acc": statistics.fmean(seed_acc.values()),
+                "proxy_val_acc": (
+                    statistics.fmean(r["proxy_val_acc"] for r in mine)
+                    if all("proxy_val_acc" in r for r in mine)
+                    else None
+                ),
+                "derived_val_acc_per_seed": seed_acc,
+                "days_at_25k": search_s * PAPER_IMAGES_PER_EPOCH / mine[0]["images_per_epoch"] / 86400,
+                "device": mine[0]["device"],
+            }
+        )
     for row in rows:
         for ref in REFERENCES:
             base = next((r for r in rows if r["schedule"] == ref), None)
             row[f"vs_{ref}"] = row["search_s"] / base["search_s"] if base else None
+            # The ratio within each round (the two ran back to back): its median and spread.
+            mine = {r.get("round"): r["search_time_s"] for r in runs if r["schedule"] == row["schedule"]}
+            theirs = {r.get("round"): r["search_time_s"] for r in runs if r["schedule"] == ref}
+            mine.pop(None, None)
+            per_round = [mine[k] / theirs[k] for k in sorted(mine) if k in theirs]
+            row[f"vs_{ref}_per_round"] = per_round
     return rows
+
+
+def ratio_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """``schedule / reference: median x (min-max over n rounds)`` for every pair measured in the same
+    rounds (the reference rows themselves left out)."""
+    lines = []
+    for row in rows:
+        for ref in REFERENCES:
+            per = row.get(f"vs_{ref}_per_round") or []
+            if row["schedule"] == ref or not per:
+                continue
+            lines.append(
+                f"- {row['schedule']} / {ref}: {statistics.median(per):.2f}x "
+                f"(min {min(per):.2f}, max {max(per):.2f} over {len(per)} rounds)"
+            )
+    return lines
 
 
 def _f(v: float | None, fmt: str) -> str:
@@ -340,21 +455,38 @@ def render(rows: list[dict[str, Any]], header: list[str]) -> str:
     """The Markdown report: header lines, the main table, the per-phase (and per-stage) table."""
     gpu = all(r["device"].startswith("cuda") for r in rows)
     days = "GPU-days @25k (extrap.)" if gpu else "CPU-days @25k (extrap., not GPU-days)"
-    lines = [*header, "",
-             f"| schedule | search s (median) | process s | vs PC-DARTS fp | vs PC-DARTS xnor | epochs | "
-             f"img/epoch | peak RSS MiB | peak CUDA MiB | derived val acc (mean) | per seed | {days} |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        *header,
+        "",
+        f"| schedule | search s (median) | process s | vs PC-DARTS fp | vs PC-DARTS xnor | epochs | "
+        f"img/epoch | peak RSS MiB | peak CUDA MiB | derived val acc (mean) | per seed | proxy acc (mean) | "
+        f"{days} |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         per_seed = " ".join(f"{s}:{a:.3f}" for s, a in r["derived_val_acc_per_seed"].items())
         lines.append(
             f"| {r['schedule']} | {r['search_s']:.1f} | {r['process_s']:.1f} | "
             f"{_f(r['vs_pcdarts_fp'], '.2f')} | {_f(r['vs_pcdarts_xnor'], '.2f')} | {r['epochs']} | "
             f"{r['images_per_epoch']} | {r['peak_rss_mib']:.0f} | {_f(r['peak_cuda_mib'], '.0f')} | "
-            f"{r['derived_val_acc']:.3f} | {per_seed} | {r['days_at_25k']:.3g} |"
+            f"{r['derived_val_acc']:.3f} | {per_seed} | {_f(r.get('proxy_val_acc'), '.3f')} | "
+            f"{r['days_at_25k']:.3g} |"
         )
-    lines += ["", "Per-phase seconds (median over rounds; '-': not reported by the search):", "",
-              "| schedule | " + " | ".join(PHASES) + " | other | per-stage wall s |",
-              "|---" * (len(PHASES) + 3) + "|"]
+    ratios = ratio_lines(rows)
+    if ratios:
+        lines += [
+            "",
+            "Search time ratio within each round (back-to-back runs), median and spread:",
+            "",
+            *ratios,
+        ]
+    lines += [
+        "",
+        "Per-phase seconds (median over rounds; '-': not reported by the search):",
+        "",
+        "| schedule | " + " | ".join(PHASES) + " | other | per-stage wall s |",
+        "|---" * (len(PHASES) + 3) + "|",
+    ]
     for r in rows:
         cells = [_f(r["phases_s"][p], ".1f") for p in PHASES] + [_f(r["other_s"], ".1f")]
         stages = " ".join(f"{w:.1f}" for w in r["stage_wall_s"])
@@ -362,8 +494,9 @@ def render(rows: list[dict[str, Any]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
-def write_outputs(out: Path, rows: list[dict[str, Any]], runs: list[dict[str, Any]], meta: dict[str, Any],
-                  report: str) -> None:
+def write_outputs(
+    out: Path, rows: list[dict[str, Any]], runs: list[dict[str, Any]], meta: dict[str, Any], report: str
+) -> None:
     """results.json (everything), schedules.csv (one row per schedule), schedules.md (the report)."""
     (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows, "runs": runs}, indent=2))
     flat = []
@@ -387,23 +520,41 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--scale", choices=sorted(SCALES), default="cpu")
-    p.add_argument("--schedules", nargs="+", choices=sorted(SCHEDULES), default=list(DEFAULT_SCHEDULES))
-    p.add_argument("--rounds", type=int, default=2, help="runs of every schedule (timing: median over them)")
+    p.add_argument(
+        "--schedules",
+        nargs="+",
+        choices=sorted(SCHEDULES),
+        help=f"default: {' '.join(DEFAULT_SCHEDULES)}; at the defaults scales: defaults pcdarts_fp",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        help="runs of every schedule (timing: median over them); default 2, 3 at the defaults scales",
+    )
     p.add_argument("--seeds", type=int, nargs="+", help="seeds, one per round in turn (default: the scale's)")
     p.add_argument("--data-root", help=f"CIFAR-10 folder (else $BNAS_DATA_ROOT, else {SHARED_DATA})")
     p.add_argument("--fake", action="store_true", help="generated CIFAR-10 (bnas.testing.make_fake_cifar)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: the scale's)")
     p.add_argument("--threads", type=int, help="torch CPU threads per search (default: the scale's)")
     p.add_argument("--epoch-factor", type=float, help="scale every schedule's epochs (default: the scale's)")
-    p.add_argument("--engine", choices=sorted(ENGINES), default="paper",
-                   help="paper: validate and checkpoint every epoch; fast: validate after the last epoch "
-                   "only (PC-DARTS's code) and checkpoint every 5 epochs; applied to every schedule")
-    p.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
-                   help="one more setting for every schedule (repeatable), "
-                   "e.g. reduction.subnet_eval_batches=1")
+    p.add_argument(
+        "--engine",
+        choices=sorted(ENGINES),
+        help="applied to every schedule: paper = validate and checkpoint every epoch; fast = "
+        "validate after the last epoch only (PC-DARTS's code) and checkpoint every 5 epochs; "
+        "default: none, each schedule runs its own cadence (the defaults: the project's)",
+    )
+    p.add_argument(
+        "--set",
+        dest="extra",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="one more setting for every schedule (repeatable), e.g. reduction.subnet_eval_batches=1",
+    )
     p.add_argument("--out", help="folder for configs, runs and results (default: a temporary folder)")
     args = p.parse_args(argv)
-    extra = dict(ENGINES[args.engine])
+    extra = dict(ENGINES[args.engine]) if args.engine else {}
     for item in args.extra:
         key, sep, value = item.partition("=")
         if not sep:
@@ -411,6 +562,11 @@ def main(argv: list[str] | None = None) -> int:
         extra[key.strip()] = yaml.safe_load(value)
 
     scale = SCALES[args.scale]
+    at_defaults = args.scale.startswith("defaults")
+    if args.schedules is None:
+        args.schedules = ["defaults", "pcdarts_fp"] if at_defaults else list(DEFAULT_SCHEDULES)
+    if args.rounds is None:
+        args.rounds = 3 if at_defaults else 2
     seeds = list(args.seeds or scale.seeds)
     if args.rounds < max(1, len(seeds)):
         p.error(f"--rounds ({args.rounds}) must be at least the number of seeds ({len(seeds)})")
@@ -430,10 +586,22 @@ def main(argv: list[str] | None = None) -> int:
             SCHEDULES[name], scale, seed, data, scale.train_images, device, threads, factor, extra
         )
         res = run_search(settings, out / "configs" / f"{name}_s{seed}.yaml", out / "runs" / f"r{r}_{name}")
-        runs.append({"round": r, "seed": seed, "schedule": name, "settings": settings,
-                     "images_per_epoch": images_per_epoch(settings, n_images), **res})
-        print(f"round {r + 1}/{args.rounds} seed {seed} {name}: search {res['search_time_s']:.1f}s, "
-              f"derived_val_acc {res['derived_val_acc']:.3f}", file=sys.stderr, flush=True)
+        runs.append(
+            {
+                "round": r,
+                "seed": seed,
+                "schedule": name,
+                "settings": settings,
+                "images_per_epoch": images_per_epoch(settings, n_images),
+                **res,
+            }
+        )
+        print(
+            f"round {r + 1}/{args.rounds} seed {seed} {name}: search {res['search_time_s']:.1f}s, "
+            f"derived_val_acc {res['derived_val_acc']:.3f}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     rows = summarize(runs, args.schedules)
     scaled = ""
@@ -443,17 +611,26 @@ def main(argv: list[str] | None = None) -> int:
         f"Search schedules, scale={args.scale} ({scale.about}), device={device}, threads={threads}, "
         f"{'generated' if args.fake else 'CIFAR-10'} data: {n_images} images, half for the weights and half "
         f"for alpha/beta{scaled}.",
-        f"Engine {args.engine}, for every schedule: {extra or 'the project defaults'}.",
+        f"Engine {args.engine or 'none'}, for every schedule: {extra or 'each its own cadence'}.",
         f"{args.rounds} round(s), seeds {' '.join(map(str, seeds))}, order reversed every other round; "
         "search s = final.json search_time_s (process s adds interpreter start and data loading).",
         f"Days @25k = search s x ({PAPER_IMAGES_PER_EPOCH} / img/epoch) / 86400: a linear extrapolation to "
         "the paper's 25,000 training images per epoch, not a measurement.",
     ]
     report = render(rows, header)
-    meta = {"scale": args.scale, "engine": args.engine, "extra_settings": extra,
-            "device": device, "threads": threads, "epoch_factor": factor,
-            "rounds": args.rounds, "seeds": seeds, "fake_data": args.fake, "data": str(data),
-            "schedules": {n: SCHEDULES[n].overrides for n in args.schedules}}
+    meta = {
+        "scale": args.scale,
+        "engine": args.engine or "none",
+        "extra_settings": extra,
+        "device": device,
+        "threads": threads,
+        "epoch_factor": factor,
+        "rounds": args.rounds,
+        "seeds": seeds,
+        "fake_data": args.fake,
+        "data": str(data),
+        "schedules": {n: SCHEDULES[n].overrides for n in args.schedules},
+    }
     write_outputs(out, rows, runs, meta, report)
     print(report)
     print(f"\nconfigs, runs, results.json, schedules.csv and schedules.md in {out}")

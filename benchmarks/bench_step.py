@@ -39,6 +39,12 @@ from bnas.binarization import BINARIZATIONS, BinarySpec, projection_loss, reset_
 from bnas.operations import OPS  # noqa: E402
 from bnas.supernet import SuperNetwork  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pcdarts_reference import PCDartsNetwork  # noqa: E402
+
+#: The variant name of PC-DARTS's own network design (full precision, all 8 ops mixed).
+REFERENCE = "pcdarts"
+
 #: fp at K=2 is in the default list so that xnor at K=2 has its ratio at the same K.
 DEFAULT_VARIANTS = "fp:4,xnor:4,xnor_channel:4,pcnn:4,fp:2,xnor:2"
 # Optimizer settings of the search (bnas.config.SearchConfig defaults [R]); they do not change the cost.
@@ -61,11 +67,13 @@ class Variant:
 
 
 def parse_variants(text: str) -> list[tuple[str, int]]:
-    """``"fp:4,xnor:2"`` -> [("fp", 4), ("xnor", 2)]; methods are checked against the registry."""
+    """``"fp:4,xnor:2"`` -> [("fp", 4), ("xnor", 2)]; methods are checked against the registry;
+    ``pcdarts:K`` is PC-DARTS's own network design (:mod:`pcdarts_reference`, full precision)."""
     out = []
     for item in text.split(","):
         method, _, k = item.strip().partition(":")
-        BINARIZATIONS.get(method)  # unknown names raise with the valid list
+        if method != REFERENCE:
+            BINARIZATIONS.get(method)  # unknown names raise with the valid list
         if not k.isdigit() or int(k) < 1:
             raise SystemExit(f"variant {item!r}: expected METHOD:K with K >= 1")
         out.append((method, int(k)))
@@ -74,11 +82,19 @@ def parse_variants(text: str) -> list[tuple[str, int]]:
 
 def build(method: str, k: int, args: argparse.Namespace, device: torch.device) -> Variant:
     torch.manual_seed(0)  # the same initial weights and alphas for every variant of a K
-    net = SuperNetwork(args.channels, 10, args.layers, OPS.names()[: args.ops], k,
-                       BinarySpec(method, args.activations, PCNN_LAMBDA)).to(device)
+    if method == REFERENCE:
+        net = PCDartsNetwork(args.channels, 10, args.layers, k).to(device)
+    else:
+        ops = OPS.names()[: args.ops]
+        if args.none_op == "exclude":
+            ops = [o for o in ops if o != "none"]
+        net = SuperNetwork(
+            args.channels, 10, args.layers, ops, k, BinarySpec(method, args.activations, PCNN_LAMBDA)
+        ).to(device)
     w_opt = torch.optim.SGD(net.weight_parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
-    a_opt = torch.optim.Adam(net.arch_parameters(), lr=ARCH_LR, betas=(ARCH_BETA1, 0.999),
-                             weight_decay=ARCH_WEIGHT_DECAY)
+    a_opt = torch.optim.Adam(
+        net.arch_parameters(), lr=ARCH_LR, betas=(ARCH_BETA1, 0.999), weight_decay=ARCH_WEIGHT_DECAY
+    )
     return Variant(method, k, net, w_opt, a_opt)
 
 
@@ -127,14 +143,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--image-size", type=int, default=16)
     p.add_argument("--ops", type=int, default=8, help="operations per edge (the first N of the registry)")
+    p.add_argument(
+        "--none-op",
+        choices=["candidate", "exclude"],
+        default="candidate",
+        help="the project's variants: `none` mixed in (as PC-DARTS) or left out (search.none_op)",
+    )
     p.add_argument("--activations", default="real", choices=["real", "binary"])
     p.add_argument("--steps", type=int, default=8, help="timed rounds (the median is reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--clock", choices=["cpu", "wall"], default=None,
-                   help="process CPU time (default on CPU: time other processes take is not counted) "
-                        "or wall time (default on GPU)")
+    p.add_argument(
+        "--clock",
+        choices=["cpu", "wall"],
+        default=None,
+        help="process CPU time (default on CPU: time other processes take is not counted) "
+        "or wall time (default on GPU)",
+    )
     p.add_argument("--arch-step", action="store_true", help="add a first-order architecture step")
     p.add_argument("--profile", default="", help="METHOD:K list to profile after timing")
     p.add_argument("--profile-steps", type=int, default=3)
@@ -169,22 +195,38 @@ def main(argv: list[str] | None = None) -> int:
     )
     # Ratios to fp at the same K: of the medians, of the minima, and the median of the per-round ratios
     # (a variant and its fp ran seconds apart in each round, so a shared CPU's load mostly cancels).
-    print(f"{'variant':<16}{'ms/step':>9}{'min':>8}{'max':>8}{'img/s':>7}"
-          f"{'x fp (median)':>15}{'x fp (min)':>12}{'x fp (paired)':>15}")
+    # With a pcdarts:K variant, every variant of that K is compared with it instead of fp.
+    print(
+        f"{'variant':<16}{'ms/step':>9}{'min':>8}{'max':>8}{'img/s':>7}"
+        f"{'x ref (median)':>15}{'x ref (min)':>12}{'x ref (paired)':>15}   ref"
+    )
     rows = []
     for v in variants:
         t, ms = times[v.label], median[v.label]
-        fp = times.get(f"fp:{v.k}")
+        ref = f"{REFERENCE}:{v.k}" if f"{REFERENCE}:{v.k}" in times else f"fp:{v.k}"
+        fp = times.get(ref)
         if fp:
-            ratios = (ms / statistics.median(fp) / 1e3, min(t) / min(fp),
-                      statistics.median(a / b for a, b in zip(t, fp, strict=True)))
+            ratios = (
+                ms / statistics.median(fp) / 1e3,
+                min(t) / min(fp),
+                statistics.median(a / b for a, b in zip(t, fp, strict=True)),
+            )
             cols = "".join(f"{r:>{w}.3f}" for r, w in zip(ratios, (15, 12, 15), strict=True))
         else:
             ratios, cols = (None, None, None), f"{'-':>15}{'-':>12}{'-':>15}"
-        print(f"{v.label:<16}{ms:>9.1f}{min(t) * 1e3:>8.1f}{max(t) * 1e3:>8.1f}"
-              f"{args.batch / ms * 1e3:>7.1f}{cols}")
-        rows.append({"variant": v.label, "ms_per_step": round(ms, 2), "min_ms": round(min(t) * 1e3, 2),
-                     "ratio_to_fp": dict(zip(("median", "min", "paired"), ratios, strict=True))})
+        print(
+            f"{v.label:<16}{ms:>9.1f}{min(t) * 1e3:>8.1f}{max(t) * 1e3:>8.1f}"
+            f"{args.batch / ms * 1e3:>7.1f}{cols}   {ref if fp else '-'}"
+        )
+        rows.append(
+            {
+                "variant": v.label,
+                "ms_per_step": round(ms, 2),
+                "min_ms": round(min(t) * 1e3, 2),
+                "reference": ref if fp else None,
+                "ratio_to_fp": dict(zip(("median", "min", "paired"), ratios, strict=True)),
+            }
+        )
     if args.json:
         print(json.dumps({"args": vars(args), "results": rows}))
 

@@ -3,7 +3,9 @@
 One object, :class:`FastPath`, resolved from the ``runtime`` settings (:class:`bnas.config.RuntimeConfig`)
 for the run's device, carries every speed-up; the search (weight step, architecture step, evaluation,
 sampled sub-networks) and the retraining call their networks through it (``fast(model, x, *args)``).
-``auto`` means on for CUDA and off on the CPU, so a CPU run computes bit for bit what it did before.
+``auto`` means on for CUDA and off on the CPU for cuDNN autotuning and data on the device, and off
+everywhere for bf16 autocast and channels_last (measured slower on an H200: :data:`AUTO_AMP`), so a CPU
+run computes bit for bit what it did before.
 
 * **bf16 autocast** (``runtime.amp``): forward passes run under ``torch.autocast(dtype=bfloat16)``:
   convolutions and the classifier in bf16; BatchNorm takes the bf16 input but keeps its statistics and
@@ -47,6 +49,11 @@ from bnas.data import DataPlacement, DeviceLoader
 if TYPE_CHECKING:  # annotations only
     from bnas.config import RuntimeConfig
 
+#: What ``auto`` means for bf16 autocast and channels_last [D, measured]: off. On one H200
+#: (docs/results/gpu_check_h200) they made the paper-size search step 5-17 % and the retraining step
+#: 16 % slower than fp32 (these networks launch thousands of tiny kernels; casts and layout changes add
+#: more), while halving peak memory: turn them on (``bf16``/``on``) when memory, not time, is short.
+AUTO_AMP = False
 #: The autocast dtype: bf16 keeps fp32's exponent range, so no loss scaling is needed.
 AMP_DTYPE = torch.bfloat16
 #: Dynamo's recompile limit per code object during a compiled run [D]: a search adds about four
@@ -107,13 +114,14 @@ class FastPath:
     def from_config(
         cls, runtime: RuntimeConfig, device: torch.device, compiler: Compiler | None = None
     ) -> FastPath:
-        """Resolve ``runtime``'s settings for ``device``: ``auto`` is on for CUDA (amp: when the GPU
-        supports bf16), off elsewhere; ``on``/``bf16`` force a speed-up on any device (CPU: tests)."""
+        """Resolve ``runtime``'s settings for ``device``: ``auto`` is on for CUDA for cuDNN autotuning,
+        off elsewhere, and off everywhere for bf16 autocast and channels_last (:data:`AUTO_AMP`);
+        ``on``/``bf16`` force a speed-up on any device (CPU: tests)."""
         cuda = torch.device(device).type == "cuda"
         return cls(
             device,
-            amp=_resolve(runtime.amp, cuda and torch.cuda.is_bf16_supported()),
-            channels_last=_resolve(runtime.channels_last, cuda),
+            amp=_resolve(runtime.amp, AUTO_AMP and cuda and torch.cuda.is_bf16_supported()),
+            channels_last=_resolve(runtime.channels_last, AUTO_AMP and cuda),
             cudnn_benchmark=_resolve(runtime.cudnn_benchmark, cuda),
             compile=runtime.compile,
             placement=DataPlacement(_mode(runtime.data_on_device), runtime.data_device_fraction),

@@ -83,7 +83,9 @@ class DataConfig(Section):
     )
     num_workers: int = setting(0, "[D]", "DataLoader worker processes", ge=0, affects_results=False)
     storage: Literal["auto", "memory", "stream"] = setting(
-        "auto", "[D]", "class folders: decode every image into memory once, or per item in the loader "
+        "auto",
+        "[D]",
+        "class folders: decode every image into memory once, or per item in the loader "
         "workers (stream); auto streams when the decoded images exceed memory_budget_mib. CIFAR: memory",
     )
     memory_budget_mib: int = setting(
@@ -93,20 +95,31 @@ class DataConfig(Section):
         "stop", "[D]", "an unreadable image file: stop with an error naming it, or skip it (with a warning)"
     )
     train_fraction: float | None = setting(
-        None, "[D]", "use only this share of every training class (stratified, fixed; PC-DARTS' ImageNet "
-        "search: 0.125 = 10 % weights + 2.5 % architecture with val_fraction 0.2)", gt=0, le=1,
+        None,
+        "[D]",
+        "use only this share of every training class (stratified, fixed; PC-DARTS' ImageNet "
+        "search: 0.125 = 10 % weights + 2.5 % architecture with val_fraction 0.2)",
+        gt=0,
+        le=1,
     )
     crop_scale_min: float = setting(
-        0.08, "[C]", "ImageNet network: RandomResizedCrop area range [min, 1] (torchvision, DARTS)",
-        gt=0, le=1,
+        0.08,
+        "[C]",
+        "ImageNet network: RandomResizedCrop area range [min, 1] (torchvision, DARTS)",
+        gt=0,
+        le=1,
     )
     color_jitter: float = setting(
         0.4, "[C]", "ImageNet network: brightness, contrast and saturation jitter (DARTS ImageNet)", ge=0
     )
     hue_jitter: float = setting(0.2, "[C]", "ImageNet network: hue jitter (DARTS ImageNet)", ge=0, le=0.5)
     eval_crop: float = setting(
-        0.875, "[C]", "ImageNet network, streamed: evaluation resizes to image_size / eval_crop, then "
-        "centre-crops image_size (224 of 256)", gt=0, le=1,
+        0.875,
+        "[C]",
+        "ImageNet network, streamed: evaluation resizes to image_size / eval_crop, then "
+        "centre-crops image_size (224 of 256)",
+        gt=0,
+        le=1,
     )
 
     @rule("storage", "dataset")
@@ -145,7 +158,13 @@ class SearchConfig(Section):
     init_channels: int = setting(16, "[R]", "channels of the first cell", ge=1)
     nodes: int = setting(4, "[C]", "intermediate nodes per cell", ge=1)
     stem_multiplier: int = setting(3, "[C]", "stem channels = multiplier * init_channels", ge=1)
-    sampling_k: int = setting(2, "[R]", "channel sampling: 1/K of the channels go through the ops", ge=1)
+    sampling_k: int = setting(
+        4,
+        "[D]",
+        "channel sampling: 1/K of the channels go through the ops (BNAS as recalled: 2 [R]; PC-DARTS: 4 "
+        "[C]; K=4 measured 1.2x faster than K=2 at the cpu scale: README, search cost)",
+        ge=1,
+    )
     ops: list[str] = setting(
         list(ALL_OPS),
         "[C]",
@@ -168,22 +187,67 @@ class SearchConfig(Section):
         None, "[D]", "cap on batches per epoch (CPU-sized runs); null = the whole split", ge=1
     )
     validate_every: int = setting(
-        1,
-        "[C]",
-        "validate the super-network every N epochs and in the last (DARTS: 1; PC-DARTS: last only); "
-        "epochs between report no val_acc",
+        5,
+        "[D]",
+        "validate the super-network every N epochs and in the last (DARTS: 1; PC-DARTS's code: the last "
+        "only [C]); 5 = once per stage of L = 5 epochs. No genotype depends on it; epochs between report "
+        "no val_acc (a study with ASHA validates every epoch unless it sets this)",
         ge=1,
     )
     val_max_batches: int | None = setting(
         None, "[D]", "cap on batches of the per-epoch validation; null = max_batches_per_epoch", ge=1
     )
     checkpoint_every: int = setting(
-        1,
+        5,
         "[D]",
-        "write checkpoint.pt every N epochs (always after a reduction); results do not change",
+        "write checkpoint.pt every N epochs (always after a reduction, so 5 = once per stage); results do "
+        "not change: a resumed search repeats the uninterrupted one",
         ge=1,
         affects_results=False,
     )
+    none_op: Literal["candidate", "exclude"] = setting(
+        "exclude",
+        "[D]",
+        "exclude: the super-network is built without `none` (DARTS's derivation never picks it, edge "
+        "strength is beta's job; one stage fewer); candidate [P]: `none` is one of the ops, reduced like "
+        "the others (it is then never left alone on an edge)",
+    )
+    max_param_free: int | None = setting(
+        2,
+        "[D]",
+        "collapse guard (P-DARTS keeps <= 2 skips): at most this many parameter-free ops (skip, pools) "
+        "in a derived cell; an edge over the cap is replaced by the node's strongest parametric "
+        "candidate where one is left; null = no cap",
+        ge=0,
+    )
+    collapse_stop: float | None = setting(
+        None,
+        "[D]",
+        "collapse guard (DARTS+ early stop): a stage's super-network epochs end early once the current "
+        "argmax normal cell reaches this parameter-free share; null = off",
+        gt=0,
+        le=1,
+    )
+    degenerate_share: float = setting(
+        0.75,
+        "[D]",
+        "a derived cell with at least this parameter-free share is reported degenerate (warned at the "
+        "end of a search and in the study summary; a uniformly random cell has 3/7)",
+        gt=0,
+        le=1,
+    )
+    proxy_steps: int = setting(
+        20,
+        "[D]",
+        "the proxy (proxy_val_acc, the same for every strategy): the derived discrete network "
+        "fine-tuned this many SGD steps from the shared weights, then scored on the validation split",
+        ge=0,
+    )
+
+    def candidate_ops(self) -> list[str]:
+        """The operations the super-network is built with: ``ops``, less ``none`` when ``none_op`` is
+        ``exclude``."""
+        return [o for o in self.ops if not (self.none_op == "exclude" and o == "none")]
 
     @rule("init_channels", "sampling_k")
     def _channels_split_into_k(self) -> str | None:
@@ -210,7 +274,44 @@ class ReductionConfig(Section):
     epochs_per_stage: int = setting(5, "[R]", "L: super-network epochs per stage", ge=1)
     warmup_epochs: int = setting(3, "[R]", "W: first-stage epochs with alpha frozen", ge=0)
     rounds: int = setting(3, "[R]", "T: sampling rounds per stage", ge=1)
-    subnet_epochs: int = setting(1, "[R]", "V: epochs each sampled sub-network trains", ge=1)
+    subnet_epochs: int = setting(
+        0,
+        "[D]",
+        "V: epochs each sampled sub-network trains before it is scored (the paper as recalled: 1 [R]); "
+        "0 = scored with the inherited weights: 1/3 of the search time saved at the cpu scale with no "
+        "measured loss of signal (README, search signal)",
+        ge=0,
+    )
+    subnet_weights: Literal["shared", "snapshot"] = setting(
+        "snapshot",
+        "[D]",
+        "with V > 0: snapshot = each sampled sub-network starts from the same snapshot of weights, BN "
+        "buffers and optimizer state, restored after it is scored, and sees the same training batches "
+        "(its score does not depend on its position); shared [R] = they train one after another on the "
+        "super-network's weights and keep the changes (a later one starts from better weights)",
+    )
+    subnet_score: Literal["accuracy", "loss"] = setting(
+        "loss",
+        "[D]",
+        "what scores a sampled sub-network on the stage's fixed validation batches: loss = minus the mean "
+        "cross-entropy (continuous, less noisy on a few hundred images), or accuracy [P]",
+    )
+    estimate: Literal["edge", "pooled"] = setting(
+        "edge",
+        "[P]",
+        "performance strategy: an op's ybar is the mean of its sub-networks' scores on that edge (edge), "
+        "or that mean shrunk towards the op's mean over all edges of the cell type by how much the edges "
+        "really differ (pooled [D], empirical Bayes: a sub-network's score mixes all its edges' ops, so "
+        "one edge alone is measured with little power)",
+    )
+    min_pool: int = setting(
+        2,
+        "[D]",
+        "at least this many ops (or all left) sampled per edge: 2 = both of the last two ops are measured; "
+        "1 = the paper as recalled [R], whose lower-alpha half holds 1 op when 2 are left, so the last "
+        "stage is decided by the running likelihood alone, never by a measurement",
+        ge=1,
+    )
     subnet_batch_size: int = setting(400, "[R]", "batch size of the sampled sub-networks", ge=1)
     subnet_max_batches: int | None = setting(
         None, "[D]", "cap on batches per sub-network epoch (CPU-sized runs); null = whole split", ge=1
@@ -264,8 +365,10 @@ class RetrainConfig(Section):
         0.0, "[C]", "label smoothing of the training loss (DARTS / PC-DARTS ImageNet: 0.1)", ge=0, lt=1
     )
     lr_schedule: Literal["cosine", "step"] = setting(
-        "cosine", "[C]", "cosine: lr to lr_min over the epochs (DARTS CIFAR); step: lr * lr_gamma after "
-        "every epoch (DARTS ImageNet)"
+        "cosine",
+        "[C]",
+        "cosine: lr to lr_min over the epochs (DARTS CIFAR); step: lr * lr_gamma after "
+        "every epoch (DARTS ImageNet)",
     )
     lr_gamma: float = setting(0.97, "[C]", "lr_schedule step: decay per epoch (DARTS ImageNet)", gt=0, le=1)
 
@@ -285,28 +388,53 @@ class RuntimeConfig(Section):
     """
 
     amp: Literal["auto", "bf16", "off"] | bool = setting(
-        "auto", "[D]", "bf16 autocast of forward passes (BN statistics, loss in fp32); auto = on for CUDA",
+        "auto",
+        "[D]",
+        "bf16 autocast of forward passes (BN statistics, loss in fp32); auto = off (measured "
+        "5-17 % slower than fp32 on an H200 for these launch-bound networks; halves GPU memory)",
         affects_results=False,
     )
     channels_last: Switch = setting(
-        "auto", "[D]", "channels_last memory format for model and inputs; auto = on for CUDA",
+        "auto",
+        "[D]",
+        "channels_last memory format for model and inputs; auto = off (measured slower on an H200, with amp)",
         affects_results=False,
     )
     cudnn_benchmark: Switch = setting(
-        "auto", "[D]", "torch.backends.cudnn.benchmark inside the run (restored after); auto = on for CUDA",
+        "auto",
+        "[D]",
+        "torch.backends.cudnn.benchmark inside the run (restored after); auto = on for CUDA",
         affects_results=False,
     )
     data_on_device: Switch = setting(
-        "auto", "[D]", "uint8 images held on the device, augmented there in batches; auto = on for CUDA "
-        "when they fit (data_device_fraction) and AutoAugment is off", affects_results=False,
+        "auto",
+        "[D]",
+        "uint8 images held on the device, augmented there in batches; auto = on for CUDA "
+        "when they fit (data_device_fraction) and AutoAugment is off",
+        affects_results=False,
     )
     data_device_fraction: float = setting(
-        0.25, "[D]", "data_on_device auto: the images may take at most this share of free device memory",
-        gt=0, le=1, affects_results=False,
+        0.25,
+        "[D]",
+        "data_on_device auto: the images may take at most this share of free device memory",
+        gt=0,
+        le=1,
+        affects_results=False,
     )
     compile: bool = setting(
-        False, "[D]", "torch.compile the super-network (recompiled after each reduction) and the "
-        "evaluation network", affects_results=False,
+        False,
+        "[D]",
+        "torch.compile the super-network (recompiled after each reduction) and the evaluation network",
+        affects_results=False,
+    )
+    subnet_batch: int | Literal["auto"] = setting(
+        "auto",
+        "[D]",
+        "sampled sub-networks scored in one pass, stacked along the batch (only when they "
+        "are not trained first: reduction.subnet_epochs 0); 1 = one at a time; auto = a whole round on "
+        "CUDA (launch-bound there), 1 on the CPU (compute-bound: no gain measured)",
+        ge=1,
+        affects_results=False,
     )
 
 
@@ -324,7 +452,9 @@ class ExperimentConfig(Section):
         affects_results=False,
     )
     network: str = setting(
-        "auto", "[D]", "network layout of the search and the retraining: cifar or imagenet (DARTS "
+        "auto",
+        "[D]",
+        "network layout of the search and the retraining: cifar or imagenet (DARTS "
         "NetworkImageNet: stems stride 8); auto = from the dataset (imagenet for imagenet, else cifar)",
         choices=NetworkChoice(),
     )
@@ -346,8 +476,14 @@ class ExperimentConfig(Section):
             return None
         if self.data.image_size < 32:
             return f"imagenet needs data.image_size >= 32 (the stems stride 8), got {self.data.image_size}"
-        odd = [f"{k}={v}" for k, v in (("search.init_channels", self.search.init_channels),
-                                       ("retrain.init_channels", self.retrain.init_channels)) if v % 2]
+        odd = [
+            f"{k}={v}"
+            for k, v in (
+                ("search.init_channels", self.search.init_channels),
+                ("retrain.init_channels", self.retrain.init_channels),
+            )
+            if v % 2
+        ]
         if odd:
             return f"imagenet halves C in its stem: {', '.join(odd)} must be even"
         return None
@@ -359,10 +495,10 @@ class ExperimentConfig(Section):
             return None
         return f"{dev!r} is not valid; use auto, cpu, cuda or cuda:N"
 
-    @rule("reduction.stages", "search.ops", "reduction.strategy")
+    @rule("reduction.stages", "search.ops", "search.none_op", "reduction.strategy")
     def _stages_leave_an_op(self) -> str | None:
         # Every stage removes one op per edge (method.md section 6); `none` removes nothing.
-        n_ops, stages = len(self.search.ops), self.reduction.stages
+        n_ops, stages = len(self.search.candidate_ops()), self.reduction.stages
         if stages is not None and self.reduction.strategy != "none" and stages > n_ops - 1:
             return (
                 f"{stages} stages would remove more than the {n_ops - 1} ops that can go "
@@ -370,15 +506,16 @@ class ExperimentConfig(Section):
             )
         return None
 
-    @rule("search.ops", "reduction.stages", "reduction.strategy")
+    @rule("search.ops", "search.none_op", "reduction.stages", "reduction.strategy")
     def _ops_for_the_stages(self) -> str | None:
         # With stages null, the search runs max(ops - 1, 1) stages and each removes one op per edge
         # (bnas.search): a single op leaves a reducing strategy nothing to remove, and the trial would
         # fail only once it runs. (An explicit reduction.stages is checked by _stages_leave_an_op.)
-        n_ops = len(self.search.ops)
+        n_ops = len(self.search.candidate_ops())
         if self.reduction.stages is None and self.reduction.strategy != "none" and n_ops < 2:
             return (
-                f"{self.search.ops} leaves the {self.reduction.strategy!r} strategy nothing to remove "
+                f"{self.search.candidate_ops()} leaves the {self.reduction.strategy!r} strategy nothing to "
+                "remove "
                 "(each stage removes one operation per edge); list at least 2 operations, or use "
                 "reduction.strategy: none"
             )
@@ -450,18 +587,22 @@ def phase_problems(cfg: ExperimentConfig, phase: Literal["search", "retrain"]) -
         batch = cfg.search.batch_size
         if n_train < batch:
             need = math.ceil(batch / (1 - cfg.data.val_fraction))
-            return [(
-                "data.train_subset",
-                f"{n} images leave {n_train} for the search's weight step, fewer than one batch "
-                f"(search.batch_size={batch}); use at least {need} images or a smaller search.batch_size",
-            )]
+            return [
+                (
+                    "data.train_subset",
+                    f"{n} images leave {n_train} for the search's weight step, fewer than one batch "
+                    f"(search.batch_size={batch}); use at least {need} images or a smaller search.batch_size",
+                )
+            ]
     elif n < cfg.retrain.batch_size:
-        return [(
-            "data.train_subset",
-            f"{n} images are fewer than one retraining batch (retrain.batch_size="
-            f"{cfg.retrain.batch_size}); use at least {cfg.retrain.batch_size} images or a smaller "
-            "retrain.batch_size",
-        )]
+        return [
+            (
+                "data.train_subset",
+                f"{n} images are fewer than one retraining batch (retrain.batch_size="
+                f"{cfg.retrain.batch_size}); use at least {cfg.retrain.batch_size} images or a smaller "
+                "retrain.batch_size",
+            )
+        ]
     return []
 
 
@@ -497,11 +638,13 @@ def _duplicate_keys(node: yaml.Node | None, path: str = "") -> list[tuple[str | 
                 f" ({value_node.value!r})" if isinstance(value_node, yaml.ScalarNode) else ""
             )
             if name in first:
-                problems.append((
-                    dotted,
-                    f"given twice, at {first[name]} and {said}; each key may appear once (YAML readers "
-                    "would silently keep the later one)",
-                ))
+                problems.append(
+                    (
+                        dotted,
+                        f"given twice, at {first[name]} and {said}; each key may appear once (YAML readers "
+                        "would silently keep the later one)",
+                    )
+                )
             else:
                 first[name] = said
             problems += _duplicate_keys(value_node, dotted)

@@ -20,6 +20,10 @@ OPS: tuple[str, ...] = (
     "dil_conv_5x5",
 )
 
+#: Operations without weights [C]: a cell made of them learns nothing of its own. DARTS-style searches
+#: drift towards them (the "collapse" of DARTS+, P-DARTS), and binarization makes it worse (BATS).
+PARAM_FREE: frozenset[str] = frozenset({"none", "max_pool_3x3", "avg_pool_3x3", "skip_connect"})
+
 #: The two cell types: ``normal`` keeps the resolution, ``reduce`` halves it and doubles channels.
 CELL_TYPES: tuple[str, str] = ("normal", "reduce")
 

@@ -24,6 +24,7 @@ shared.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -61,12 +62,19 @@ class MixedOp(nn.Module):
         del self.ops[name]
 
     def forward(
-        self, x: torch.Tensor, weights: torch.Tensor | None = None, only: str | None = None
+        self,
+        x: torch.Tensor,
+        weights: torch.Tensor | None = None,
+        only: str | tuple[str, ...] | None = None,
     ) -> torch.Tensor:
-        """``weights`` aligns with :attr:`op_names` (mixed mode); ``only`` runs one op with weight 1."""
+        """``weights`` aligns with :attr:`op_names` (mixed mode); ``only`` runs one op with weight 1, or,
+        as a tuple, one op per group of a stacked batch (:class:`SelectionBatch`): the batch holds
+        ``len(only)`` equal groups and group g runs ``only[g]``; the groups of one op run in one call."""
         part = self.C // self.k
         x_sel, x_rest = x[:, :part], x[:, part:]
-        if only is not None:
+        if isinstance(only, tuple):
+            y = _per_group(x_sel, only, self.ops)
+        elif only is not None:
             y = self.ops[only](x_sel)
         else:
             assert weights is not None
@@ -76,6 +84,60 @@ class MixedOp(nn.Module):
         if self.bypass_pool is not None:
             x_rest = self.bypass_pool(x_rest)
         return channel_shuffle(torch.cat([y, x_rest], dim=1), self.k)
+
+
+def _per_group(x: torch.Tensor, ops: tuple[str, ...], modules: nn.ModuleDict) -> torch.Tensor:
+    """Group g of ``x`` (``len(ops)`` equal groups along the batch) through ``modules[ops[g]]``; the
+    groups of one op go through it together (their BN statistics stay per group: grouped_batch_norm)."""
+    n = len(ops)
+    size = x.shape[0] // n
+    parts: list[torch.Tensor | None] = [None] * n
+    for name in dict.fromkeys(ops):
+        idx = [g for g, o in enumerate(ops) if o == name]
+        if len(idx) == 1:
+            xin = x[idx[0] * size : (idx[0] + 1) * size]
+        else:
+            xin = torch.cat([x[g * size : (g + 1) * size] for g in idx])
+        y = modules[name](xin)
+        for j, g in enumerate(idx):
+            parts[g] = y[j * size : (j + 1) * size]
+    return torch.cat(parts)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def grouped_batch_norm(net: nn.Module, group: int) -> Iterator[None]:
+    """Inside, every BatchNorm of ``net`` in training mode (batch statistics) normalises each group of
+    ``group`` consecutive samples with that group's own statistics, as if each group were its own batch
+    (:class:`SelectionBatch` stacks sub-networks along the batch). No running statistics are updated:
+    meant for :func:`bnas.search.batch_statistics` evaluation (momentum 0, where they are not either).
+
+    The groups are laid side by side as channels (``(group, G * C, H, W)``) so that one
+    ``F.batch_norm`` computes the G x C statistics, each over the same elements in the same order as a
+    per-group call.
+    """
+    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    def make(bn: nn.modules.batchnorm._BatchNorm):  # noqa: ANN202
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            n = x.shape[0]
+            if n == group or not bn.training:
+                return type(bn).forward(bn, x)
+            g, c, rest = n // group, x.shape[1], x.shape[2:]
+            xx = x.reshape(g, group, c, *rest).transpose(0, 1).reshape(group, g * c, *rest)
+            w = bn.weight.repeat(g) if bn.weight is not None else None
+            b = bn.bias.repeat(g) if bn.bias is not None else None
+            y = F.batch_norm(xx, None, None, w, b, True, 0.0, bn.eps)
+            return y.reshape(group, g, c, *rest).transpose(0, 1).reshape(n, c, *rest)
+
+        return forward
+
+    for bn in bns:
+        object.__setattr__(bn, "forward", make(bn))
+    try:
+        yield
+    finally:
+        for bn in bns:
+            object.__delattr__(bn, "forward")
 
 
 @dataclass
@@ -92,6 +154,32 @@ class Selection:
 
     def for_cell(self, cell_type: str) -> list[str | None]:
         return self.normal if cell_type == "normal" else self.reduce
+
+
+@dataclass
+class SelectionBatch:
+    """Several :class:`Selection` objects run in one pass, stacked along the batch (group g = the
+    input batch through selection g). Every selection must use the same edges (sampled sub-networks
+    use all of them); per edge, :meth:`for_cell` gives the tuple of ops, one per group."""
+
+    selections: list[Selection]
+
+    def __post_init__(self) -> None:
+        if not self.selections:
+            raise ValueError("a SelectionBatch needs at least one selection")
+        first = self.selections[0]
+        for sel in self.selections[1:]:
+            for t in CELL_TYPES:
+                a, b = first.for_cell(t), sel.for_cell(t)
+                if len(a) != len(b) or any((x is None) != (y is None) for x, y in zip(a, b, strict=True)):
+                    raise ValueError("the selections of a SelectionBatch must use the same edges")
+
+    def __len__(self) -> int:
+        return len(self.selections)
+
+    def for_cell(self, cell_type: str) -> list[tuple[str, ...] | None]:
+        cols = zip(*(s.for_cell(cell_type) for s in self.selections), strict=True)
+        return [None if c[0] is None else tuple(c) for c in cols]
 
 
 class SearchCell(nn.Module):
@@ -129,7 +217,7 @@ class SearchCell(nn.Module):
         s1: torch.Tensor,
         op_weights: list[torch.Tensor] | None,
         edge_weights: torch.Tensor,
-        choice: list[str | None] | None = None,
+        choice: list[str | None] | list[tuple[str, ...] | None] | None = None,
     ) -> torch.Tensor:
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         offset = 0
@@ -315,6 +403,10 @@ class SuperNetwork(nn.Module):
             raise ValueError(f"{cell_type} edge {edge} has no operation {name!r} (left: {names})")
         if len(names) == 1:
             raise ValueError(f"cannot remove the last operation of {cell_type} edge {edge}")
+        if [o for o in names if o != name] == ["none"]:
+            # A genotype never holds `none`: an edge left with it alone could not be derived, and a
+            # network scored with zeros there would not be the one retrained.
+            raise ValueError(f"removing {name!r} would leave only 'none' on {cell_type} edge {edge}")
         names.remove(name)
         self._forget_structure()
         for cell in self.cells:
@@ -326,20 +418,30 @@ class SuperNetwork(nn.Module):
         return sum(counts) / len(counts)
 
     # ---------------------------------------------------------------- forward
-    def forward(self, x: torch.Tensor, selection: Selection | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, selection: Selection | SelectionBatch | None = None) -> torch.Tensor:
+        """Logits of the mixed super-network, of one discrete sub-network (``Selection``), or of several
+        stacked along the batch (``SelectionBatch`` of G: returns G x the batch, group g = selection g;
+        only in batch-statistics evaluation, :func:`bnas.search.batch_statistics`, where each group's
+        BN statistics are its own)."""
         if self._batched is None:
             self._batched = BatchedBinarization(self)
         # Every binary conv's weight binarized in a few batched ops; a sub-network pass runs only the
         # selected ops, so PCNN (whose batched loss terms cover every conv) keeps its per-conv path there.
         with self._batched.bound(every_conv_runs=selection is None):
+            if isinstance(selection, SelectionBatch):
+                with grouped_batch_norm(self, x.shape[0]):
+                    return self._forward(x, selection)
             return self._forward(x, selection)
 
-    def _forward(self, x: torch.Tensor, selection: Selection | None) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, selection: Selection | SelectionBatch | None) -> torch.Tensor:
         weights = {}
         for t in CELL_TYPES:
             op_w = self.op_probabilities(t) if selection is None else None
             weights[t] = (op_w, self.edge_weights(t))
         s0, s1 = self._stem_forward(x)
+        if isinstance(selection, SelectionBatch):  # the stem is the same for every group: run it once
+            g = len(selection)
+            s0, s1 = s0.repeat(g, *[1] * (s0.dim() - 1)), s1.repeat(g, *[1] * (s1.dim() - 1))
         for cell in self.cells:
             op_w, edge_w = weights[cell.cell_type]
             choice = selection.for_cell(cell.cell_type) if selection is not None else None

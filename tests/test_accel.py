@@ -43,7 +43,11 @@ ALL_ON = {
 }
 #: final.json["fast_path"] of a CPU run with the defaults.
 PLAIN = {
-    "amp": "off", "channels_last": False, "cudnn_benchmark": False, "compile": False, "data_on_device": False
+    "amp": "off",
+    "channels_last": False,
+    "cudnn_benchmark": False,
+    "compile": False,
+    "data_on_device": False,
 }
 
 
@@ -148,10 +152,23 @@ def _search_cfg(root: Path, **runtime) -> dict:
         "device": "cpu",
         "threads": 1,
         "data": {"root": str(root), "image_size": 8, "train_subset": 64},
-        "search": {"layers": 3, "init_channels": 4, "sampling_k": 2, "batch_size": 16,
-                   "ops": ["skip_connect", "max_pool_3x3", "sep_conv_3x3"], "max_batches_per_epoch": 2},
-        "reduction": {"epochs_per_stage": 1, "warmup_epochs": 0, "rounds": 1, "subnet_epochs": 1,
-                      "subnet_batch_size": 16, "subnet_max_batches": 1},
+        "search": {
+            "layers": 3,
+            "init_channels": 4,
+            "sampling_k": 2,
+            "batch_size": 16,
+            "ops": ["skip_connect", "max_pool_3x3", "sep_conv_3x3"],
+            "max_batches_per_epoch": 2,
+            "checkpoint_every": 1,
+        },
+        "reduction": {
+            "epochs_per_stage": 1,
+            "warmup_epochs": 0,
+            "rounds": 1,
+            "subnet_epochs": 1,
+            "subnet_batch_size": 16,
+            "subnet_max_batches": 1,
+        },
     }
     if runtime:
         cfg["runtime"] = runtime
@@ -279,7 +296,11 @@ def test_tiny_search_runs_with_every_speed_up_forced_on(
     rt = {k.split(".")[1]: v for k, v in ALL_ON.items()}
     res = run_search(config_from_dict(_search_cfg(cifar_root, **rt)), tmp_path / "on", log=None)
     assert res.final["fast_path"] == {
-        "amp": "bf16", "channels_last": True, "cudnn_benchmark": True, "compile": True, "data_on_device": True
+        "amp": "bf16",
+        "channels_last": True,
+        "cudnn_benchmark": True,
+        "compile": True,
+        "data_on_device": True,
     }
     # one compiled super-network per stage: the first, then again after the reduction
     assert len(comp.compiled) == 2 and comp.calls > 0
@@ -294,9 +315,10 @@ def test_tiny_search_runs_with_every_speed_up_forced_on(
     explicit_cfg = config_from_dict(_search_cfg(cifar_root, amp="off", **off))
     explicit = run_search(explicit_cfg, tmp_path / "off", log=None)
     assert explicit.genotype.digest == plain.genotype.digest
-    assert json.loads((tmp_path / "off" / "final.json").read_text())["derived_val_acc"] == plain.final[
-        "derived_val_acc"
-    ]
+    assert (
+        json.loads((tmp_path / "off" / "final.json").read_text())["derived_val_acc"]
+        == plain.final["derived_val_acc"]
+    )
 
 
 @pytest.mark.slow

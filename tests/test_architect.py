@@ -100,6 +100,7 @@ def test_search_keeps_alpha_beta_fixed_during_the_warmup(fake_cifar_root: Path, 
                 "batch_size": 16,
                 "ops": OPS,
                 "max_batches_per_epoch": 2,
+                "checkpoint_every": 1,
             },
             "reduction": {"strategy": "alpha", "epochs_per_stage": 2, "warmup_epochs": 1},
         }

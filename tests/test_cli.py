@@ -115,7 +115,7 @@ def test_settings_prints_the_provenance_table(capsys: pytest.CaptureFixture[str]
     assert main(["settings"]) == 0
     lines = capsys.readouterr().out.splitlines()
     row = next(line for line in lines if line.startswith("search.sampling_k "))
-    assert row.split()[1:3] == ["[R]", "2"]
+    assert row.split()[1:3] == ["[D]", "4"]
     assert len(lines) > 50
 
 

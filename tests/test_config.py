@@ -40,18 +40,34 @@ def _yaml(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_defaults_are_the_papers_settings() -> None:
+def test_defaults_are_the_papers_settings_where_no_measurement_moved_them() -> None:
     cfg = load_config()
     assert isinstance(cfg, ExperimentConfig)
     assert (cfg.binarization.method, cfg.binarization.activations) == ("xnor", "real")
-    assert (cfg.search.sampling_k, cfg.search.layers, cfg.search.init_channels) == (2, 6, 16)
+    assert (cfg.search.layers, cfg.search.init_channels) == (6, 16)
     assert (cfg.retrain.layers, cfg.retrain.init_channels, cfg.retrain.auxiliary_weight) == (20, 36, 0.4)
-    assert (cfg.reduction.epochs_per_stage, cfg.reduction.rounds, cfg.reduction.subnet_epochs) == (5, 3, 1)
+    assert (cfg.reduction.epochs_per_stage, cfg.reduction.rounds) == (5, 3)
+    # Moved by measurement (README "Search signal"), each marked [D]; the paper's values in
+    # configs/search_paper.yaml.
+    assert (cfg.search.sampling_k, cfg.reduction.subnet_epochs, cfg.search.none_op) == (4, 0, "exclude")
+    paper = load_config(Path(__file__).resolve().parents[1] / "configs" / "search_paper.yaml")
+    assert (paper.search.sampling_k, paper.reduction.subnet_epochs, paper.search.none_op) == (
+        2,
+        1,
+        "candidate",
+    )
+    assert (paper.reduction.subnet_weights, paper.reduction.subnet_score, paper.reduction.min_pool) == (
+        "shared",
+        "accuracy",
+        1,
+    )
 
 
 def test_file_and_overrides(tmp_path: Path) -> None:
     path = _yaml(
-        tmp_path, "seed: 3\nsearch:\n  sampling_k: 4\n  ops: [none, sep_conv_3x3]\nretrain:\n  lr: 1\n"
+        tmp_path,
+        "seed: 3\nsearch:\n  sampling_k: 4\n  none_op: candidate\n  ops: [none, sep_conv_3x3]\n"
+        "retrain:\n  lr: 1\n",
     )
     cfg = load_config(path, ["retrain.epochs=2", "binarization.method=pcnn", "data.train_subset=null"])
     assert (cfg.seed, cfg.search.sampling_k, cfg.search.ops) == (3, 4, ["none", "sep_conv_3x3"])
@@ -62,7 +78,7 @@ def test_file_and_overrides(tmp_path: Path) -> None:
 
 def test_flat_and_digest() -> None:
     a, b = load_config(), load_config(None, ["seed=1"])
-    assert a.flat()["search.sampling_k"] == 2
+    assert a.flat()["search.sampling_k"] == 4
     assert a.digest() == load_config().digest() != b.digest()
 
 
@@ -222,8 +238,16 @@ def test_cross_field_rules_run_in_construction() -> None:
     with pytest.raises(ConfigError, match="exceeds epochs_per_stage=2"):
         dataclasses.replace(ReductionConfig(), epochs_per_stage=2)
     with pytest.raises(ConfigError, match="reduction.stages: 3 stages would remove more than the 2 ops"):
-        ExperimentConfig(search=SearchConfig(ops=["none", "skip_connect", "sep_conv_3x3"]),
-                         reduction=ReductionConfig(stages=3))
+        ExperimentConfig(
+            search=SearchConfig(ops=["none", "skip_connect", "sep_conv_3x3"], none_op="candidate"),
+            reduction=ReductionConfig(stages=3),
+        )
+    # Without `none` (the default) one op fewer can go.
+    with pytest.raises(ConfigError, match="reduction.stages: 2 stages would remove more than the 1 ops"):
+        ExperimentConfig(
+            search=SearchConfig(ops=["none", "skip_connect", "sep_conv_3x3"]),
+            reduction=ReductionConfig(stages=2),
+        )
 
 
 def test_ints_become_floats_in_construction_too() -> None:

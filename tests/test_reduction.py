@@ -25,10 +25,10 @@ def ctx_for(acc: dict[str, float], log: list | None = None) -> ReductionContext:
     """One normal edge and one reduce edge with the same ops; a sub-network's accuracy is the
     table value of the op on its normal edge."""
 
-    def evaluate(sel: Selection) -> float:
+    def evaluate(sels: list[Selection]) -> list[float]:
         if log is not None:
-            log.append((sel.normal[0], sel.reduce[0]))
-        return acc[sel.normal[0]]
+            log.extend((sel.normal[0], sel.reduce[0]) for sel in sels)
+        return [acc[sel.normal[0]] for sel in sels]
 
     return ReductionContext(
         edge_ops={"normal": [list(OPS)], "reduce": [list(OPS)]},
@@ -123,3 +123,89 @@ def test_every_strategy_state_round_trips(name: str) -> None:
     again = make_strategy(ReductionConfig(strategy=name, rounds=1))
     again.load_state_dict(strat.state_dict())
     assert again.state_dict() == strat.state_dict()
+
+
+def _two_op_ctx(names: list[str], probs: list[float], acc: dict[str, float]) -> ReductionContext:
+    def evaluate(sels: list[Selection]) -> list[float]:
+        return [acc[s.normal[0]] for s in sels]
+
+    return ReductionContext(
+        edge_ops={"normal": [list(names)], "reduce": [list(names)]},
+        probs={"normal": [list(probs)], "reduce": [list(probs)]},
+        evaluate=evaluate,
+        rng=random.Random(0),
+        log=lambda s: None,
+    )
+
+
+def test_split_by_alpha_min_pool_measures_both_of_the_last_two_ops() -> None:
+    assert split_by_alpha(["x", "y"], [0.4, 0.6]) == (["x"], ["y"])
+    assert split_by_alpha(["x", "y"], [0.4, 0.6], min_pool=2) == (["x", "y"], [])
+    assert split_by_alpha(OPS, PROBS, min_pool=3) == (["a", "c", "d"], ["b"])
+    assert split_by_alpha(["x"], [1.0], min_pool=2) == (["x"], [])
+
+
+@pytest.mark.parametrize("min_pool,dropped", [(1, "x"), (2, "y")])
+def test_the_last_stage_is_measured_only_with_min_pool_2(min_pool: int, dropped: str) -> None:
+    # x scores far better than y, but the running likelihood from earlier stages favours y.
+    strat = make_strategy(
+        ReductionConfig(strategy="performance", rounds=2, temperature=0.05, min_pool=min_pool)
+    )
+    strat.S = {"normal/0": {"x": 0.0, "y": 1.0}, "reduce/0": {"x": 0.0, "y": 1.0}}
+    drops = strat.choose_drops(_two_op_ctx(["x", "y"], [0.4, 0.6], {"x": 0.9, "y": 0.1}))
+    # min_pool 1: O_small = [x], s_x = 1 and O_large's s_y = (1 + 1) / 2 = 1, so S_x = 1 < S_y = 1.5 and
+    # the better op goes; min_pool 2: s_x ~ 1, s_y ~ 0, S_x ~ 1 > S_y ~ 0.5. (A sub-network's score is
+    # its normal edge's table value: the reduce edge's credits mix both ops.)
+    assert next(d for d in drops if d.cell_type == "normal").op == dropped
+
+
+@pytest.mark.parametrize("name", ["performance", "alpha", "ucb"])
+def test_no_strategy_leaves_none_alone_on_an_edge(name: str) -> None:
+    # `none` scores best and is alpha's favourite: every strategy would drop the other op.
+    ctx = _two_op_ctx(["none", "skip_connect"], [0.7, 0.3], {"none": 0.9, "skip_connect": 0.1})
+    drops = make_strategy(ReductionConfig(strategy=name, rounds=2, min_pool=2)).choose_drops(ctx)
+    assert [d.op for d in drops] == ["none", "none"]  # whatever each edge chose, `none` went
+    normal = next(d for d in drops if d.cell_type == "normal")  # (scored by its own op alone)
+    assert normal.instead_of == "skip_connect" and normal.to_dict()["instead_of"] == "skip_connect"
+
+
+def test_ucb_draws_promising_ops_more_often() -> None:
+    calls: list = []
+    strat = make_strategy(ReductionConfig(strategy="ucb", rounds=6, ucb_c=0.1))
+    drops = strat.choose_drops(ctx_for({"a": 0.1, "b": 0.5, "c": 0.6, "d": 0.9}, calls))
+    assert len(calls) == 6 * 4  # rounds x ops left
+    counts = next(d for d in drops if d.cell_type == "normal").counts
+    assert sum(counts.values()) == 24 and min(counts.values()) >= 1  # every op measured at least once
+    assert counts["d"] > counts["a"]  # unequal: the best op is measured more than the worst
+    assert strat.counts["normal/0"] == counts and strat.total == 24
+    # The drop is the lowest bound: the worst op, measured least.
+    assert next(d for d in drops if d.cell_type == "normal").op == "a"
+
+
+def test_pooled_estimates_by_hand() -> None:
+    from bnas.reduction import pooled_estimates
+
+    # Two edges, one op: means 0.2 and -0.2; s2 = var(0.3, 0.1, -0.1, -0.3) = 0.2/3; noise per mean
+    # s2/2; spread between edges 0.08; tau2 = 0.08 - 0.1/3; w = tau2 / (tau2 + 0.1/3) = 0.58333.
+    est = pooled_estimates({("normal", 0): {"a": [0.3, 0.1]}, ("normal", 1): {"a": [-0.1, -0.3]}})
+    tau2 = 0.08 - 0.1 / 3
+    w = tau2 / (tau2 + 0.1 / 3)
+    assert est[("normal", 0)]["a"] == pytest.approx(0.2 * w) and est[("normal", 1)]["a"] == pytest.approx(
+        -0.2 * w
+    )
+    # Edges that do not differ beyond the noise: every edge gets the op's mean over the cell type.
+    same = pooled_estimates({("normal", e): {"a": [0.5, -0.3], "b": [-0.5, 0.3]} for e in range(3)})
+    assert all(v == {"a": pytest.approx(0.1), "b": pytest.approx(-0.1)} for v in same.values())
+    # Cell types are pooled apart.
+    apart = pooled_estimates({("normal", 0): {"a": [1.0, 1.0]}, ("reduce", 0): {"a": [-1.0, -1.0]}})
+    assert apart[("normal", 0)]["a"] == 1.0 and apart[("reduce", 0)]["a"] == -1.0
+
+
+def test_pooled_performance_strategy_decides_by_the_op_over_all_edges() -> None:
+    # On the normal edge `a` beats `c`; on the reduce edge, the scores credited to its ops are the
+    # normal edge's values, mixed. Pooling within a cell type leaves the normal edge's decision as is.
+    strat = make_strategy(
+        ReductionConfig(strategy="performance", rounds=4, temperature=0.1, estimate="pooled")
+    )
+    drops = strat.choose_drops(ctx_for({"a": 0.6, "c": 0.2}))
+    assert next(d for d in drops if d.cell_type == "normal").op == "c"

@@ -12,10 +12,10 @@ import torch
 
 from bnas.binarization import BINARIZATIONS, BinarySpec
 from bnas.config import ALL_OPS, ConfigError, config_from_dict, load_config
-from bnas.genotype import derive_genotype
+from bnas.derivation import derive_genotype
 from bnas.reduction import REDUCTIONS
 from bnas.search import Search, run_search
-from bnas.supernet import SuperNetwork, edge_endpoints
+from bnas.supernet import Selection, SuperNetwork, edge_endpoints
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,6 +35,8 @@ def micro_cfg(root: Path, **over) -> dict:
             "batch_size": 16,
             "ops": ["skip_connect", "max_pool_3x3", "sep_conv_3x3"],
             "max_batches_per_epoch": 2,
+            "checkpoint_every": 1,
+            "validate_every": 1,
         },
         "reduction": {
             "strategy": "performance",
@@ -63,8 +65,9 @@ def test_derivation_never_picks_none_and_keeps_the_two_strongest_edges() -> None
             net.alphas[t].normal_()
             net.alphas[t][:, ALL_OPS.index("none")] = 10.0  # none is by far the most likely everywhere
             net.betas[t].normal_()
-    genotype, selection, fallbacks = derive_genotype(net)
-    assert not fallbacks
+    d = derive_genotype(net)
+    genotype, selection = d.genotype, d.selection
+    assert not d.capped
     for t in ("normal", "reduce"):
         edges = genotype.normal if t == "normal" else genotype.reduce
         assert all(op != "none" for op, _ in edges)
@@ -87,16 +90,52 @@ def test_derivation_never_picks_none_and_keeps_the_two_strongest_edges() -> None
         assert sum(s is not None for s in sel) == 8
 
 
-def test_derivation_falls_back_when_only_none_is_left() -> None:
-    torch.manual_seed(0)
+def test_no_edge_is_ever_left_with_none_alone() -> None:
     net = SuperNetwork(C=4, num_classes=10, layers=3, ops=["none", "skip_connect"], k=2, spec=BinarySpec())
-    net.remove_op("normal", 0, "skip_connect")
-    history = [{"cell_type": "normal", "edge": 0, "op": "skip_connect"}]
-    genotype, selection, fallbacks = derive_genotype(net, history)
-    assert fallbacks == [{"cell_type": "normal", "edge": 0, "op": "skip_connect"}]
-    assert genotype.normal[0] == ("skip_connect", 0)  # node 2 has only edges 0 and 1
-    assert selection.normal[0] == "none"  # what the super-network can still run there
-    net(torch.randn(2, 3, 8, 8), selection)
+    with pytest.raises(ValueError, match="would leave only 'none' on normal edge 0"):
+        net.remove_op("normal", 0, "skip_connect")
+    net.remove_op("normal", 0, "none")  # the other way round is fine
+    assert net.edge_ops["normal"][0] == ["skip_connect"]
+
+
+def _pinned(net: SuperNetwork, ops: dict[int, str]) -> None:
+    """alpha/beta set so that edge e's strongest op is ops[e] (default sep_conv_3x3) and the edges from
+    the cell inputs win every node; parameter-free ops the strongest where set."""
+    with torch.no_grad():
+        for t in ("normal", "reduce"):
+            net.alphas[t].zero_()
+            net.betas[t].zero_()
+            for e, (src, _) in enumerate(edge_endpoints(net.steps)):
+                net.alphas[t][e, ALL_OPS.index(ops.get(e, "sep_conv_3x3"))] = 5.0
+                net.betas[t][e] = 3.0 if src < 2 else 0.0
+
+
+def test_max_param_free_caps_the_derived_cells() -> None:
+    torch.manual_seed(0)
+    net = SuperNetwork(C=4, num_classes=10, layers=3, ops=ALL_OPS, k=2, spec=BinarySpec("xnor"))
+    # Every node's two strongest edges (from the cell inputs) carry skip_connect or max_pool.
+    pools = {
+        e: ("skip_connect" if e % 2 else "max_pool_3x3")
+        for e, (src, _) in enumerate(edge_endpoints(net.steps))
+        if src < 2
+    }
+    _pinned(net, pools)
+    free = derive_genotype(net).genotype
+    assert all(op in ("skip_connect", "max_pool_3x3") for op, _ in free.normal)  # 8/8 parameter-free
+    d = derive_genotype(net, max_param_free=2)
+    for cell in (d.genotype.normal, d.genotype.reduce):
+        assert sum(op in ("skip_connect", "max_pool_3x3") for op, _ in cell) == 2
+    assert len(d.capped) == 2 * 6
+    # The scored network is the derived one: each selected edge runs the genotype's op.
+    ends = edge_endpoints(net.steps)
+    for t, cell in (("normal", d.genotype.normal), ("reduce", d.genotype.reduce)):
+        sel = d.selection.for_cell(t)
+        picked = sorted((ends[e][1], ends[e][0], op) for e, op in enumerate(sel) if op is not None)
+        assert picked == sorted((2 + k // 2, inp, op) for k, (op, inp) in enumerate(cell))
+    net(torch.randn(2, 3, 8, 8), d.selection)
+    # Where no parametric op is left in a node, the cap cannot act (a reduced super-network).
+    small = SuperNetwork(C=4, num_classes=10, layers=3, ops=["skip_connect"], k=2, spec=BinarySpec())
+    assert derive_genotype(small, max_param_free=0).capped == []
 
 
 def test_search_reduces_to_one_op_per_edge_and_writes_its_outputs(cifar_root: Path, tmp_path: Path) -> None:
@@ -237,11 +276,11 @@ def test_tiny_search_config_runs_end_to_end_from_the_command_line(cifar_root: Pa
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "epoch 7/7 | stage 7/7 |" in proc.stdout and "eta" in proc.stdout  # progress output
+    assert "epoch 6/6 | stage 6/6 |" in proc.stdout and "eta" in proc.stdout  # progress output (no `none`)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["digest"] == json.loads((out / "final.json").read_text())["genotype_digest"]
     history = json.loads((out / "history.json").read_text())
-    assert len(history) == 7 * 28
+    assert len(history) == 6 * 28
 
 
 # ------------------------------------------------------------------ cheaper search phases
@@ -266,7 +305,7 @@ def six_epochs(root: Path, **over) -> dict:
 
 
 @pytest.mark.slow
-def test_speed_settings_are_listed_with_defaults_that_keep_todays_behaviour() -> None:
+def test_speed_settings_are_listed_with_their_defaults() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "bnas", "settings"], cwd=REPO, capture_output=True, text=True, timeout=120
     )
@@ -275,7 +314,8 @@ def test_speed_settings_are_listed_with_defaults_that_keep_todays_behaviour() ->
         assert key in proc.stdout, key
     cfg = load_config(None)
     sc = cfg.search
-    assert (sc.validate_every, sc.val_max_batches, sc.checkpoint_every) == (1, None, 1)
+    # Once per stage of L = 5 epochs: no genotype depends on either (tests below).
+    assert (sc.validate_every, sc.val_max_batches, sc.checkpoint_every) == (5, None, 5)
     assert cfg.reduction.subnet_eval_batches is None
     # Writing checkpoints less often computes the same thing: a run may resume with another value.
     assert "search.checkpoint_every" not in cfg.result_identity()
@@ -285,24 +325,28 @@ def test_speed_settings_are_listed_with_defaults_that_keep_todays_behaviour() ->
 
 
 class _CountBatches:
-    """Counts the validation batches of each :meth:`Search.evaluate` call, by kind of call."""
+    """Counts the validation batches of each :meth:`Search.evaluate` and :meth:`Search._score` call (a
+    sampled sub-network's), by kind of call."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls: list[tuple[str, int]] = []
-        original = Search.evaluate
         counter = self
 
-        def evaluate(search: Search, selection=None, cap=None):
-            n = [0]
-            hook = search.state.net.register_forward_pre_hook(lambda *_: n.__setitem__(0, n[0] + 1))
-            try:
-                return original(search, selection, cap)
-            finally:
-                hook.remove()
-                kind = "validation" if selection is None else search.timer._stack[-1]
-                counter.calls.append((kind, n[0]))
+        def counted(original):
+            def wrapped(search: Search, selection=None, *args, **kwargs):
+                n = [0]
+                hook = search.state.net.register_forward_pre_hook(lambda *_: n.__setitem__(0, n[0] + 1))
+                try:
+                    return original(search, selection, *args, **kwargs)
+                finally:
+                    hook.remove()
+                    kind = "validation" if selection is None else search.timer._stack[-1]
+                    counter.calls.append((kind, n[0]))
 
-        monkeypatch.setattr(Search, "evaluate", evaluate)
+            return wrapped
+
+        monkeypatch.setattr(Search, "evaluate", counted(Search.evaluate))
+        monkeypatch.setattr(Search, "_score", counted(Search._score))
 
     def batches(self, kind: str) -> list[int]:
         return [n for k, n in self.calls if k == kind]
@@ -354,8 +398,9 @@ def test_validation_and_subnet_evaluation_batch_caps(
     count = _CountBatches(monkeypatch)
     res = run_search(config_from_dict(micro_cfg(cifar_root, **over)), tmp_path, log=None)
     assert count.batches("validation") == [validation] * 2
-    assert count.batches("subnet_eval") == [subnet] * 3  # 2 + 1 sub-networks (3 ops, then 2)
-    assert count.batches("derive") == [2]  # derived_val_acc is always measured on the whole (capped) split
+    assert count.batches("subnet_eval") == [subnet] * 4  # 2 + 2 sub-networks (3 ops, then both of 2)
+    # derived_val_acc and the proxy are always measured on the whole (capped) split
+    assert count.batches("derive") == [2, 2]
     assert len(res.metrics) == 2
 
 
@@ -391,7 +436,7 @@ def straight_six(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory):
         ("_train_epoch", 2, True),  # after epoch 2, before any checkpoint: starts over
         ("_train_epoch", 4, True),  # mid-stage 2: resumes from the epoch-3 checkpoint, reruns epoch 4
         ("_train_epoch", 6, False),  # inside the last epoch: resumes after reduction 2, reruns epoch 5
-        ("_evaluate_subnet", 4, False),  # inside reduction 2: reruns epoch 4, then the whole reduction
+        ("_evaluate_subnets", 2, False),  # inside reduction 2: reruns epoch 4, then the whole reduction
         ("_reduce", 3, True),  # after the last reduction, before its checkpoint: resumes from epoch 6
     ],
     ids=["epoch2", "epoch4", "in-epoch6", "in-reduction2", "after-reduction3"],
@@ -448,3 +493,132 @@ def test_checkpoint_every_writes_fewer_checkpoints_and_always_one_after_a_reduct
     assert [json.loads(x)["epoch"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [
         1, 2, 3, 4, 5, 6
     ]  # fmt: skip
+
+
+# ------------------------------------------------------------------ decisions on signal
+def _searcher(root: Path, tmp: Path, **over) -> Search:
+    return Search(config_from_dict(micro_cfg(root, **over)), tmp, log=None)
+
+
+@pytest.mark.parametrize("weights", ["snapshot", "shared"])
+def test_snapshot_scores_do_not_depend_on_the_evaluation_order(
+    weights: str, cifar_root: Path, tmp_path: Path
+) -> None:
+    s = _searcher(cifar_root, tmp_path, reduction__subnet_weights=weights, reduction__subnet_score="loss")
+    n = len(s.state.net.edge_ops["normal"])
+    a = Selection(["sep_conv_3x3"] * n, ["max_pool_3x3"] * n)
+    b = Selection(["skip_connect"] * n, ["sep_conv_3x3"] * n)
+    before = [p.detach().clone() for p in s.state.net.weight_parameters()]
+    first, _, again = s._evaluate_subnets([a, b, a])
+    after = list(s.state.net.weight_parameters())
+    if weights == "snapshot":
+        assert first == again  # bit for bit: same weights, optimizer state and batches for every one
+        assert all(torch.equal(x, y) for x, y in zip(before, after, strict=True))  # nothing kept
+    else:
+        assert first != again  # the second evaluation of `a` started from weights trained twice more
+        assert not all(torch.equal(x, y) for x, y in zip(before, after, strict=True))
+    assert [r["position"] for r in s._subnets] == [0, 1, 2]
+    assert all(r["score"] == -r["loss"] and r["se"] > 0 and r["n"] == 32 for r in s._subnets)
+
+
+def test_the_proxy_is_the_same_for_every_strategy_on_the_same_network(
+    cifar_root: Path, tmp_path: Path
+) -> None:
+    values = {}
+    for strategy in ("performance", "alpha", "none", "ucb"):
+        s = _searcher(cifar_root, tmp_path / strategy, reduction__strategy=strategy)
+        sel = derive_genotype(s.state.net).selection  # the same fresh network (same seed) for all
+        before = [p.detach().clone() for p in s.state.net.weight_parameters()]
+        values[strategy] = s._proxy(sel)
+        assert all(torch.equal(x, y) for x, y in zip(before, s.state.net.weight_parameters(), strict=True))
+    assert len(set(values.values())) == 1, values
+    # Fine-tuning changes the figure (else the proxy would be the shared-weight accuracy again).
+    s = _searcher(cifar_root, tmp_path / "p0", search__proxy_steps=0)
+    assert s._proxy(derive_genotype(s.state.net).selection) != values["performance"]
+
+
+def test_a_search_records_its_decision_diagnostics(cifar_root: Path, tmp_path: Path) -> None:
+    res = run_search(config_from_dict(micro_cfg(cifar_root, reduction__rounds=2)), tmp_path, log=None)
+    final = json.loads((tmp_path / "final.json").read_text())
+    # 2 rounds x ceil(3/2) sub-networks in stage 1; in stage 2, 2 rounds x both of the last two ops
+    # (reduction.min_pool 2)
+    assert [st["diagnostics"]["subnets"] for st in final["stage_times"]] == [4, 4]
+    for st in final["stage_times"]:
+        d = st["diagnostics"]
+        assert d["subnets"] == len(st["subnets"])
+        assert set(d) >= {
+            "order_rho",
+            "snr",
+            "removed_lowest_alpha",
+            "alpha_entropy_normal",
+            "beta_entropy",
+            "param_free_normal",
+            "param_free_reduce",
+            "none_spared",
+        }
+        assert 0.0 <= d["alpha_entropy_normal"] <= 1.0 and 0.0 <= d["removed_lowest_alpha"] <= 1.0
+    assert 0.0 <= final["proxy_val_acc"] <= 1.0
+    # search.max_param_free 2 (the default): each replacement took a weighted op for a parameter-free one
+    assert all(
+        c["taken"][1] == "sep_conv_3x3" and c["dropped"][1] != "sep_conv_3x3"
+        for c in final["param_free_capped"]
+    )
+    assert (
+        res.final["param_free_normal"]
+        == sum(op in ("skip_connect", "max_pool_3x3") for op, _ in res.genotype.normal) / 8
+    )
+
+
+def test_none_can_be_excluded_from_the_search(cifar_root: Path, tmp_path: Path) -> None:
+    ops = ["none", "skip_connect", "max_pool_3x3", "sep_conv_3x3"]
+    s = _searcher(cifar_root, tmp_path, search__ops=ops, search__none_op="exclude")
+    assert s.n_stages == 2 and all("none" not in e for e in s.state.net.edge_ops["normal"])
+    with pytest.raises(ConfigError, match="3 stages would remove more than the 2 ops"):
+        config_from_dict(
+            micro_cfg(cifar_root, search__ops=ops, search__none_op="exclude", reduction__stages=3)
+        )
+
+
+def test_collapse_stop_ends_a_stage_and_degenerate_cells_are_reported(
+    cifar_root: Path, tmp_path: Path
+) -> None:
+    lines: list[str] = []
+    cfg = config_from_dict(
+        micro_cfg(
+            cifar_root,
+            search__ops=["skip_connect", "max_pool_3x3", "avg_pool_3x3"],
+            search__collapse_stop=0.5,
+            reduction__epochs_per_stage=3,
+        )
+    )
+    res = Search(cfg, tmp_path, log=lines.append).run()
+    # Every cell is parameter-free from the start: each stage stops after its first epoch.
+    assert [st["collapse_stop"] for st in res.stages] == [1, 1]
+    assert [m["epoch"] for m in res.metrics] == [1, 2]
+    assert res.final["degenerate_cells"] == {"normal": 1.0, "reduce": 1.0}
+    assert any(ln.startswith("warning: degenerate cell(s): normal 100%, reduce 100%") for ln in lines)
+
+
+@pytest.mark.parametrize("method", ["xnor", "pcnn", "fp"])
+def test_stacked_subnet_scores_equal_one_at_a_time(method: str, cifar_root: Path, tmp_path: Path) -> None:
+    """Sub-networks scored in one stacked pass (runtime.subnet_batch) get the figures they get one at a
+    time: bit for bit on the CPU (each group's BN statistics are its own; the same kernels run)."""
+    import random
+
+    scores = {}
+    for batch in (1, 3):
+        s = _searcher(
+            cifar_root,
+            tmp_path / str(batch),
+            binarization={"method": method},
+            reduction__subnet_epochs=0,
+            runtime={"subnet_batch": batch},
+        )
+        ops, n = s.state.net.edge_ops, len(s.state.net.edge_ops["normal"])
+        rng = random.Random(0)
+        perms = {t: [rng.sample(ops[t][e], 3) for e in range(n)] for t in ("normal", "reduce")}
+        sels = [Selection([p[j] for p in perms["normal"]], [p[j] for p in perms["reduce"]]) for j in range(3)]
+        s._evaluate_subnets(sels)
+        scores[batch] = [(r["acc"], r["loss"], r["se"]) for r in s._subnets]
+    assert scores[1] == scores[3]
+    assert len(set(scores[1])) == 3  # three different sub-networks, three different figures

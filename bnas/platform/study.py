@@ -334,24 +334,29 @@ def load_study(
     if not space.params and not any(k and k.startswith("space") for k, _ in problems):
         # Optuna would have nothing to choose: every trial would run the same settings.
         shown = "null" if body.space is None else repr(body.space)
-        problems.append((
-            "space",
-            f"samples nothing ({shown}); name at least one "
-            "setting with its domain, e.g. "
-            "search.sampling_k: {choice: [2, 4]} (for a single run use python -m bnas search)",
-        ))
+        problems.append(
+            (
+                "space",
+                f"samples nothing ({shown}); name at least one "
+                "setting with its domain, e.g. "
+                "search.sampling_k: {choice: [2, 4]} (for a single run use python -m bnas search)",
+            )
+        )
     retrain_overrides = body.retrain.overrides if isinstance(body.retrain.overrides, dict) else {}
     for key in retrain_overrides:
         if key not in valid_settings:
             close = difflib.get_close_matches(str(key), valid_settings, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            problems.append((
-                f"retrain.overrides.{key}",
-                f"not a setting{hint}; overrides are dotted settings such as retrain.epochs",
-            ))
+            problems.append(
+                (
+                    f"retrain.overrides.{key}",
+                    f"not a setting{hint}; overrides are dotted settings such as retrain.epochs",
+                )
+            )
     if problems:
         raise ConfigError.collect(problems, source)
 
+    fixed = _validated_every_epoch(fixed, body.scheduler.name, space)
     spec = StudySpec(
         name=path.stem,
         source=source,
@@ -374,6 +379,28 @@ def load_study(
             f"device {device!r} needs a GPU but resources.gpu is 0; use device: auto", source, "fixed.device"
         )
     return spec
+
+
+#: What a study's trials run every epoch unless the study sets it: a checkpoint (every report to Tune
+#: carries one, so a restarted trial resumes from its last reported epoch) and, under ASHA, which
+#: judges trials by their per-epoch ``val_acc``, a validation. The core's defaults do both once per
+#: stage; no genotype depends on either.
+EVERY_EPOCH = {
+    "checkpoint_every": lambda scheduler: True,
+    "validate_every": lambda scheduler: scheduler == "asha",
+}
+
+
+def _validated_every_epoch(fixed: dict[str, Any], scheduler: str, space: Any) -> dict[str, Any]:
+    """``fixed`` with ``search.checkpoint_every`` (and, under ASHA, ``search.validate_every``) set to 1
+    where the study sets it neither in ``fixed`` nor in its space (:data:`EVERY_EPOCH`)."""
+    search = fixed.get("search") if isinstance(fixed.get("search"), dict) else {}
+    over = {
+        f"search.{k}": 1
+        for k, applies in EVERY_EPOCH.items()
+        if applies(scheduler) and k not in search and f"search.{k}" not in space.names
+    }
+    return apply_overrides(fixed, over, source="study defaults") if over else fixed
 
 
 def _rooted(fixed: dict[str, Any], data_root: str | Path | None) -> dict[str, Any]:

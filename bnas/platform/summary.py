@@ -13,7 +13,15 @@ from typing import Any
 
 from bnas.platform.cluster import ClusterInfo
 from bnas.platform.tracking import StudyTracker
-from bnas.platform.tracking_schema import PARAM_COLUMN, RETRAIN, SEARCH, Metric, leaderboard, run_record
+from bnas.platform.tracking_schema import (
+    PARAM_COLUMN,
+    RETRAIN,
+    SEARCH,
+    Metric,
+    is_number,
+    leaderboard,
+    run_record,
+)
 
 
 def summarize(
@@ -43,10 +51,26 @@ def summarize(
                 "seeds": row["n_seeds"],
                 "test_at_chance": row["test_near_chance"],
                 "val_at_chance": row["val_near_chance"],
+                "degenerate": _degenerate(producer),
             }
         )
     counts = Counter(r["state"] or "?" for r in searches)
     return rows, dict(counts)
+
+
+def _degenerate(producer: dict[str, Any]) -> str:
+    """``"normal 88%"``-style note for the producing search's derived cells at or above its
+    ``search.degenerate_share`` parameter-free share (the search warned about them too), else ``""``."""
+    from bnas.config import SearchConfig
+
+    share = producer.get(PARAM_COLUMN + "search.degenerate_share")
+    share = share if is_number(share) else SearchConfig().degenerate_share
+    cells = []
+    for cell in ("normal", "reduce"):
+        v = producer.get(f"param_free_{cell}")
+        if is_number(v) and v >= share:
+            cells.append(f"{cell} {v:.0%}")
+    return ", ".join(cells)
 
 
 def format_summary(rows: list[dict[str, Any]], counts: dict[str, int]) -> str:
@@ -69,6 +93,13 @@ def format_summary(rows: list[dict[str, Any]], counts: dict[str, int]) -> str:
         lines.append(
             f"{r['digest']:<13} {r['found_by']:>5} {r['method']:<12} {r['strategy']:<12} {r['K']:>2} "
             f"{val:>7} {test:>21} {r['packed_bytes']:>10.0f} {r['params']:>8.0f}"
+        )
+    degenerate = [f"{r['digest']} ({r['degenerate']})" for r in rows if r.get("degenerate")]
+    if degenerate:
+        lines.append(
+            "warning: degenerate derived cells, mostly parameter-free ops (skip, pools): "
+            + "; ".join(degenerate)
+            + ". The search found no weighted op worth keeping there; search.max_param_free caps them"
         )
     if any(r.get("test_at_chance") or r.get("val_at_chance") for r in rows):
         lines.append(

@@ -23,6 +23,7 @@ from typing import Any
 
 from bnas.errors import ConfigError
 from bnas.platform.tracking_schema import (
+    DIAGNOSTIC_PREFIX,
     RETRAIN,
     SEARCH,
     SEARCH_FINAL_METRICS,  # noqa: F401  (re-exported for bnas.platform.study)
@@ -45,6 +46,26 @@ from bnas.platform.tracking_schema import (
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _diagnostic_metrics(path: Path, ts: int) -> list[Any]:
+    """A search's per-stage decision diagnostics (``diagnostics.json``) as ``diag.<name>`` metrics with
+    step = stage; nothing when the file is missing or unreadable (older runs)."""
+    from mlflow.entities import Metric
+
+    try:
+        stages = json.loads(path.read_text())["stages"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    out = []
+    for st in stages if isinstance(stages, list) else []:
+        step = st.get("stage") if isinstance(st, dict) else None
+        if not isinstance(step, int):
+            continue
+        for k, v in st.items():
+            if k != "stage" and is_number(v):
+                out.append(Metric(f"{DIAGNOSTIC_PREFIX}{k}", float(v), ts, step))
+    return out
 
 
 def differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
@@ -291,6 +312,8 @@ class StudyTracker:
             tags[Tag.GENOTYPE_DIGEST] = genotype_digest
         if error:
             tags[Tag.ERROR] = error[:4000]
+        if kind.name == SEARCH.name and artifact_dir is not None:
+            metrics += _diagnostic_metrics(Path(artifact_dir) / Artifact.DIAGNOSTICS, ts)
         self.client.log_batch(run_id, metrics=metrics, tags=[RunTag(k, str(v)) for k, v in tags.items()])
         if artifact_dir is not None:
             for rel in kind.artifacts:

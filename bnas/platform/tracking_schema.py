@@ -96,6 +96,8 @@ class Metric:
     TRAIN_LOSS, TRAIN_ACC, VAL_LOSS, VAL_ACC = "train_loss", "train_acc", "val_loss", "val_acc"
     OPS_PER_EDGE, STAGE = "ops_per_edge", "stage"
     DERIVED_VAL_ACC, SUPERNET_VAL_ACC, SEARCH_TIME_S = "derived_val_acc", "supernet_val_acc", "search_time_s"
+    PROXY_VAL_ACC = "proxy_val_acc"
+    PARAM_FREE_NORMAL, PARAM_FREE_REDUCE = "param_free_normal", "param_free_reduce"
     TEST_LOSS, TEST_ACC, LR, WALL_TIME_S = "test_loss", "test_acc", "lr", "wall_time_s"
     PARAMS, BINARY_PARAMS, FP_PARAMS = "params", "binary_params", "fp_params"
     PACKED_BYTES, FP32_BYTES = "packed_bytes", "fp32_bytes"
@@ -105,6 +107,7 @@ class Artifact:
     """Artifact paths inside a run."""
 
     GENOTYPE, HISTORY, METRICS, CONFIG = "genotype.json", "history.json", "metrics.jsonl", "config.json"
+    DIAGNOSTICS = "diagnostics.json"
     NORMAL_CELL, REDUCE_CELL = "cells/normal.png", "cells/reduce.png"
     MODEL = "model.bnas"
     REPORT = "report"  # folder on the parent run (analysis.report)
@@ -143,10 +146,22 @@ SEARCH_EPOCH_METRICS = (
     Metric.STAGE,
 )
 #: Final metrics of a search run (what a finished search trial reports once; objectives pick from it).
-SEARCH_FINAL_METRICS = (Metric.DERIVED_VAL_ACC, Metric.SUPERNET_VAL_ACC, Metric.SEARCH_TIME_S, *SIZE_METRICS)
+SEARCH_FINAL_METRICS = (
+    Metric.DERIVED_VAL_ACC,
+    Metric.PROXY_VAL_ACC,
+    Metric.SUPERNET_VAL_ACC,
+    Metric.SEARCH_TIME_S,
+    Metric.PARAM_FREE_NORMAL,
+    Metric.PARAM_FREE_REDUCE,
+    *SIZE_METRICS,
+)
+#: A search run's per-stage decision diagnostics (``diagnostics.json``, :mod:`bnas.diagnostics`) are
+#: logged as metrics ``diag.<name>`` with step = stage (1-based).
+DIAGNOSTIC_PREFIX = "diag."
 SEARCH_ARTIFACTS = (
     Artifact.GENOTYPE,
     Artifact.HISTORY,
+    Artifact.DIAGNOSTICS,
     Artifact.METRICS,
     Artifact.CONFIG,
     Artifact.NORMAL_CELL,
@@ -508,9 +523,7 @@ def _val_images(producer: Mapping[str, Any] | None) -> int | None:
     return max(1, round(float(n) * float(frac)))
 
 
-def leaderboard(
-    records: Iterable[Mapping[str, Any]], num_classes: int | None = None
-) -> list[dict[str, Any]]:
+def leaderboard(records: Iterable[Mapping[str, Any]], num_classes: int | None = None) -> list[dict[str, Any]]:
     """One row per derived architecture (genotype digest x retraining binarization), best first.
 
     Accuracy is the final ``test_acc`` of the complete retraining runs of the row: mean, sample standard

@@ -46,6 +46,20 @@ def test_settings_keep_each_schedules_shape(name: str, scale: str) -> None:
     sc = bs.SCALES[scale]
     s = bs.build_settings(bs.SCHEDULES[name], sc, 3, Path("/d"), sc.train_images, "cpu", 1, sc.epoch_factor)
     assert s["seed"] == 3 and s["data.root"] == "/d" and s["threads"] == 1
+    if name == "defaults":  # nothing but the scale's sizes (and its epoch factor on the defaults)
+        assert set(s) - set(sc.settings) <= {
+            "seed",
+            "device",
+            "threads",
+            "data.dataset",
+            "data.root",
+            "data.train_subset",
+            "data.val_fraction",
+            "reduction.epochs_per_stage",
+            "reduction.warmup_epochs",
+        }
+        assert ("reduction.epochs_per_stage" in s) == (sc.epoch_factor != 1)
+        return
     assert 0 <= s["reduction.warmup_epochs"] <= s["reduction.epochs_per_stage"]
     if name.startswith("pcdarts"):
         assert s["reduction.strategy"] == "none" and s["reduction.stages"] == 1
@@ -81,15 +95,28 @@ def test_images_per_epoch_and_plan() -> None:
     assert bs.images_per_epoch({**s, "search.max_batches_per_epoch": 1}, 512) == 128
     assert bs.images_per_epoch({**s, "search.max_batches_per_epoch": 1}, 48) == 24
     assert bs.plan(["a", "b"], 3, [0, 1]) == [
-        (0, 0, "a"), (0, 0, "b"), (1, 1, "b"), (1, 1, "a"), (2, 0, "a"), (2, 0, "b")
+        (0, 0, "a"),
+        (0, 0, "b"),
+        (1, 1, "b"),
+        (1, 1, "a"),
+        (2, 0, "a"),
+        (2, 0, "b"),
     ]
 
 
 def _run(name: str, seed: int, search_s: float, acc: float, phases: bool) -> dict:
     run = {
-        "schedule": name, "seed": seed, "search_time_s": search_s, "process_wall_s": search_s + 5,
-        "derived_val_acc": acc, "epochs": 7, "stages": 7, "images_per_epoch": 256, "peak_rss_mib": 900.0,
-        "device": "cpu", "stage_times": [{"peak_cuda_mib": None, "wall_s": search_s}],
+        "schedule": name,
+        "seed": seed,
+        "search_time_s": search_s,
+        "process_wall_s": search_s + 5,
+        "derived_val_acc": acc,
+        "epochs": 7,
+        "stages": 7,
+        "images_per_epoch": 256,
+        "peak_rss_mib": 900.0,
+        "device": "cpu",
+        "stage_times": [{"peak_cuda_mib": None, "wall_s": search_s}],
     }
     if phases:
         run["phase_times_s"] = {p: search_s / 10 for p in bs.PHASES}
@@ -99,8 +126,11 @@ def _run(name: str, seed: int, search_s: float, acc: float, phases: bool) -> dic
 @pytest.mark.parametrize("phases", [False, True])
 def test_summary_medians_ratios_and_phases(phases: bool, tmp_path: Path) -> None:
     names = ["pcdarts_fp", "pcdarts_xnor", "bnas_k2"]
-    runs = [_run(n, r, t * (r + 1), 0.2 + 0.1 * r, phases)
-            for r in range(2) for n, t in zip(names, (100.0, 110.0, 60.0), strict=True)]
+    runs = [
+        _run(n, r, t * (r + 1), 0.2 + 0.1 * r, phases)
+        for r in range(2)
+        for n, t in zip(names, (100.0, 110.0, 60.0), strict=True)
+    ]
     rows = {r["schedule"]: r for r in bs.summarize(runs, names)}
     assert rows["bnas_k2"]["search_s"] == pytest.approx(90.0)  # median of 60 and 120
     assert rows["bnas_k2"]["vs_pcdarts_fp"] == pytest.approx(0.6)

@@ -10,9 +10,21 @@ from bnas.platform.summary import format_summary, where_to_look
 
 
 def _row(digest: str, test: float, std: float, seeds: int, at_chance: bool) -> dict:
-    return {"digest": digest, "found_by": 1, "method": "xnor", "strategy": "ucb", "K": "2",
-            "derived_val_acc": 0.26, "packed_bytes": 19112.0, "params": 19042.0, "test_acc": test,
-            "test_std": std, "seeds": seeds, "test_at_chance": at_chance, "val_at_chance": False}
+    return {
+        "digest": digest,
+        "found_by": 1,
+        "method": "xnor",
+        "strategy": "ucb",
+        "K": "2",
+        "derived_val_acc": 0.26,
+        "packed_bytes": 19112.0,
+        "params": 19042.0,
+        "test_acc": test,
+        "test_std": std,
+        "seeds": seeds,
+        "test_at_chance": at_chance,
+        "val_at_chance": False,
+    }
 
 
 def test_summary_marks_figures_at_chance_and_explains_the_mark() -> None:
@@ -25,6 +37,21 @@ def test_summary_marks_figures_at_chance_and_explains_the_mark() -> None:
     assert lines[-1].startswith("~ = within noise of chance")
     plain = format_summary([_row("aaa", 0.342, math.nan, 1, False)], {"complete": 1})
     assert "within noise of chance" not in plain and "0.342 (n=1)" in plain
+
+
+def test_summary_warns_about_degenerate_cells() -> None:
+    from bnas.platform.summary import _degenerate
+
+    assert _degenerate({"param_free_normal": 0.875, "param_free_reduce": 0.5}) == "normal 88%"
+    assert _degenerate({"param_free_normal": 0.875, "param.search.degenerate_share": 0.9}) == ""
+    assert _degenerate({}) == ""
+    rows = [
+        {**_row("aaa", 0.342, 0.009, 2, False), "degenerate": "normal 88%"},
+        _row("bbb", 0.3, 0.0, 2, False),
+    ]
+    text = format_summary(rows, {"complete": 2})
+    warning = [ln for ln in text.splitlines() if ln.startswith("warning: degenerate")]
+    assert len(warning) == 1 and "aaa (normal 88%)" in warning[0] and "bbb" not in warning[0]
 
 
 def test_where_to_look_opens_the_runs_view_and_says_when_the_dashboard_is_gone(tmp_path: Path) -> None:
