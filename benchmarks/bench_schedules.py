@@ -45,8 +45,9 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(REPO))
+for _path in (str(REPO), str(REPO / "benchmarks")):  # run as a script from anywhere
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
 
 #: Training images the paper's search uses per epoch: half of CIFAR-10's 50,000 [C] (the other half
 #: drives alpha/beta). GPU-days are extrapolated to it.
@@ -561,6 +562,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--set expects KEY=VALUE, got {item!r}")
         extra[key.strip()] = yaml.safe_load(value)
 
+    t_start = time.perf_counter()
     scale = SCALES[args.scale]
     at_defaults = args.scale.startswith("defaults")
     if args.schedules is None:
@@ -617,8 +619,19 @@ def main(argv: list[str] | None = None) -> int:
         f"Days @25k = search s x ({PAPER_IMAGES_PER_EPOCH} / img/epoch) / 86400: a linear extrapolation to "
         "the paper's 25,000 training images per epoch, not a measurement.",
     ]
+    from provenance import provenance
+
+    prov = provenance(
+        list(sys.argv[1:] if argv is None else argv), time.perf_counter() - t_start, Path(__file__).name
+    )
+    header.append(
+        f"commit {prov['commit'][:12]}{' (uncommitted changes)' if prov['dirty'] else ''}; "
+        f"`{prov['command']}`; "
+        f"{prov['machine']}; wall {prov['wall_s'] / 60:.1f} min."
+    )
     report = render(rows, header)
     meta = {
+        **prov,
         "scale": args.scale,
         "engine": args.engine or "none",
         "extra_settings": extra,

@@ -30,9 +30,7 @@ import argparse
 import concurrent.futures as cf
 import json
 import math
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,6 +42,7 @@ if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
 import bench_schedules as bs  # noqa: E402  (puts the repository on the path)
+from provenance import provenance  # noqa: E402
 
 from bnas.diagnostics import (  # noqa: E402
     mean_pairwise_shared,
@@ -213,31 +212,6 @@ def render(rows: list[dict[str, Any]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _git(*args: str) -> str:
-    try:
-        return subprocess.run(["git", *args], cwd=bs.REPO, capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return ""
-
-
-def provenance(argv: list[str], wall_s: float) -> dict[str, Any]:
-    """What makes a results file reproducible: commit (and whether the tree was clean), the command,
-    the machine and the wall time."""
-    import os
-
-    import torch
-
-    return {
-        "commit": _git("rev-parse", "HEAD"),
-        "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
-        "command": "python benchmarks/" + Path(__file__).name + " " + " ".join(argv),
-        "machine": f"{platform.node()}: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()}, torch {torch.__version__}",
-        "wall_s": wall_s,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -310,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = summarize(runs, args.variants)
     wall = time.perf_counter() - t0
-    meta = provenance(argv, wall)
+    meta = provenance(argv, wall, Path(__file__).name)
     header = [
         f"Search signal, scale={args.scale} ({scale.about}), schedule {schedule.label}, "
         f"{'generated' if args.fake else 'CIFAR-10 (rebuilt copy)'} data, "

@@ -17,10 +17,13 @@ section 3), for both layouts.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
-from bnas.binarization import BinarySpec
+from bnas.binarization import BatchedBinarization, BinarySpec
 from bnas.genotype import Genotype
 from bnas.operations import FactorizedReduce, Identity, ReLUConvBN, imagenet_stems, make_op
 
@@ -159,6 +162,23 @@ def build_cells(genotype: Genotype, layers: int, C_prev_prev: int, C_prev: int, 
     return cells, C_prev, C_aux
 
 
+@contextlib.contextmanager
+def batched_binarization(net: nn.Module) -> Iterator[None]:
+    """While training, every binary conv of ``net`` gets its weight binarized in a few batched ops per
+    forward pass (:class:`~bnas.binarization.BatchedBinarization`: bit for bit the per-conv values on the
+    CPU); in evaluation (and export) the per-conv path runs, as before. The groups are collected on the
+    first training pass."""
+    if not net.training:
+        yield
+        return
+    batched = net.__dict__.get("_batched")
+    if batched is None:
+        batched = BatchedBinarization(net)
+        object.__setattr__(net, "_batched", batched)
+    with batched.bound(every_conv_runs=True):  # every op of a derived cell runs
+        yield
+
+
 def cells_forward(net: nn.Module, s0: torch.Tensor,
                   s1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The cell stack and heads of both layouts after their stems: (logits, auxiliary logits while
@@ -205,8 +225,9 @@ class EvalNetwork(nn.Module):
                 m.eps = bn_eps
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        s0 = s1 = self.stem(x)
-        return cells_forward(self, s0, s1)
+        with batched_binarization(self):
+            s0 = s1 = self.stem(x)
+            return cells_forward(self, s0, s1)
 
 
 class EvalNetworkImageNet(nn.Module):
@@ -257,5 +278,6 @@ class EvalNetworkImageNet(nn.Module):
         }
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        s0 = self.stem0(x)
-        return cells_forward(self, s0, self.stem1(s0))
+        with batched_binarization(self):
+            s0 = self.stem0(x)
+            return cells_forward(self, s0, self.stem1(s0))

@@ -22,6 +22,7 @@ from typing import Any
 
 from torch import nn
 
+from bnas.catalog import NetworkChoice, resolve_network  # noqa: F401  (re-exported)
 from bnas.eval_network import EvalNetwork, EvalNetworkImageNet
 from bnas.registry import Registry
 from bnas.supernet import SuperNetwork, SuperNetworkImageNet
@@ -43,27 +44,6 @@ NETWORKS.add("cifar", NetworkLayout("cifar", EvalNetwork, SuperNetwork, "cifar",
                                     "DARTS NetworkCIFAR: 3x3 stem at full resolution"))
 NETWORKS.add("imagenet", NetworkLayout("imagenet", EvalNetworkImageNet, SuperNetworkImageNet, "imagenet",
                                        "DARTS NetworkImageNet: stems stride 8 (224 -> 28 px)"))
-
-
-class NetworkChoice:
-    """The ``network`` setting's valid values: ``auto`` or a registered layout (a ``choices=`` object)."""
-
-    def check(self, value: Any) -> str | None:
-        if value == "auto":
-            return None
-        problem = NETWORKS.check(value)
-        return None if problem is None else f"{problem} (or auto: from the dataset)"
-
-
-def resolve_network(network: str, dataset: str) -> str:
-    """The layout name for the ``network`` setting: itself, or for ``auto`` the dataset's default."""
-    if network != "auto":
-        NETWORKS.get(network)  # an unknown name raises with the valid ones
-        return network
-    from bnas.data import DATASETS
-
-    source = DATASETS.get(dataset) if dataset in DATASETS else None
-    return getattr(source, "default_network", "cifar")
 
 
 def build_eval_network(layout: str, genotype: Any, **kwargs: Any) -> nn.Module:

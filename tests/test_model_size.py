@@ -261,8 +261,32 @@ def test_damaged_files_are_refused(tmp_path: Path) -> None:
         load_packed(tmp_path / "other.bnas")
 
 
-def test_loaded_network_runs_on_a_given_device(tmp_path: Path) -> None:
+@pytest.mark.parametrize("version", [1, 2])
+def test_loaded_network_runs_on_a_given_device(version: int, tmp_path: Path) -> None:
+    """``device`` places every parameter and buffer of the rebuilt network there, in both formats.
+
+    The default (cpu) cannot tell a loader that honours ``device`` from one that ignores it, so the
+    check uses torch's ``meta`` device, which every machine has: tensors there have shapes but no data.
+    """
     path = tmp_path / "m.bnas"
-    export_packed(_net("xnor_channel", C=4, layers=3), path)
-    net = load_packed(path, device="cpu")
-    assert next(net.parameters()).device.type == "cpu"
+    export_packed(_trained_like(_net("xnor_channel", C=4, layers=3)), path, version=version)
+    x = torch.randn(2, 3, 16, 16)
+    on_cpu = load_packed(path)  # the default device
+    tensors = [*on_cpu.parameters(), *on_cpu.buffers()]
+    assert tensors and {t.device.type for t in tensors} == {"cpu"}
+    with torch.no_grad():
+        ref = on_cpu(x)[0]
+    for device in ("meta", torch.device("meta")):  # a name or a torch.device
+        net = load_packed(path, device=device)
+        assert not net.training
+        tensors = [*net.parameters(), *net.buffers()]
+        assert len(tensors) == len([*on_cpu.parameters(), *on_cpu.buffers()])
+        assert {t.device.type for t in tensors} == {"meta"}
+        with torch.no_grad():
+            out = net(x.to("meta"))[0]
+        assert out.device.type == "meta" and out.shape == ref.shape == (2, 10)
+    if torch.cuda.is_available():  # where there is a GPU: the same outputs there
+        with torch.no_grad():
+            out = load_packed(path, device="cuda")(x.cuda())[0]
+        # (cuDNN may run the convolutions in TF32, about 1e-3 relative: the tolerance allows for it.)
+        assert out.device.type == "cuda" and _rel_err(out.cpu(), ref) < 1e-2

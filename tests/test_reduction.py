@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import math
 import random
 
 import pytest
+import torch
 
 from bnas.config import ReductionConfig
 from bnas.reduction import (
@@ -118,11 +120,62 @@ def test_ucb_strategy_samples_every_op_and_uses_the_bonus() -> None:
 
 @pytest.mark.parametrize("name", REDUCTIONS.names())
 def test_every_strategy_state_round_trips(name: str) -> None:
-    strat = make_strategy(ReductionConfig(strategy=name, rounds=1))
-    strat.choose_drops(ctx_for({"a": 0.1, "b": 0.5, "c": 0.6, "d": 0.7}))
-    again = make_strategy(ReductionConfig(strategy=name, rounds=1))
-    again.load_state_dict(strat.state_dict())
-    assert again.state_dict() == strat.state_dict()
+    """A strategy restored from its checkpointed state makes the original's next decision.
+
+    A stateless strategy (empty state) must really be stateless: a fresh one decides exactly like one
+    that has run a stage. A stateful one must need its state: a fresh one decides differently (scores
+    included) on the second stage, so the restored one's agreement with the original is no accident.
+    """
+    cfg = ReductionConfig(strategy=name, rounds=2)
+    first = ctx_for({"a": 0.1, "b": 0.5, "c": 0.6, "d": 0.7})
+    strat = make_strategy(cfg)
+    drops = strat.choose_drops(first)
+    assert len(drops) == (2 if strat.reduces else 0)  # one per edge
+    stateless = strat.state_dict() == {}
+    second = _next_stage(first, drops)
+    # Through the checkpoint's serialisation: torch.save, read back with weights_only (plain data only).
+    buf = io.BytesIO()
+    torch.save({"strategy": strat.state_dict()}, buf)
+    buf.seek(0)
+    restored = make_strategy(cfg)
+    restored.load_state_dict(torch.load(buf, weights_only=True)["strategy"])
+    assert restored.state_dict() == strat.state_dict()
+    fresh = make_strategy(cfg)
+
+    decisions = {
+        k: _decide(s, second) for k, s in (("fresh", fresh), ("restored", restored), ("original", strat))
+    }
+    assert decisions["restored"] == decisions["original"]
+    assert restored.state_dict() == strat.state_dict()  # and both carry the same state into stage 3
+    if stateless:
+        assert decisions["fresh"] == decisions["original"]  # stateless: a stage leaves nothing behind
+    else:
+        assert decisions["fresh"] != decisions["original"]  # the state decides
+    if strat.reduces:  # a real decision: one op per edge, among those left
+        assert [(d["cell_type"], d["edge"]) for d in decisions["original"]] == [("normal", 0), ("reduce", 0)]
+        assert all(d["op"] in second.edge_ops[d["cell_type"]][d["edge"]] for d in decisions["original"])
+    else:
+        assert decisions["original"] == []
+
+
+def _next_stage(ctx: ReductionContext, drops: list) -> ReductionContext:
+    """The next stage's context: the dropped ops gone, the others' probabilities renormalised."""
+    edge_ops: dict[str, list[list[str]]] = {}
+    probs: dict[str, list[list[float]]] = {}
+    for t in ctx.edge_ops:
+        edge_ops[t], probs[t] = [], []
+        for e, (names, p) in enumerate(zip(ctx.edge_ops[t], ctx.probs[t], strict=True)):
+            gone = {d.op for d in drops if (d.cell_type, d.edge) == (t, e)}
+            kept = [(o, q) for o, q in zip(names, p, strict=True) if o not in gone]
+            edge_ops[t].append([o for o, _ in kept])
+            probs[t].append([q / sum(q for _, q in kept) for _, q in kept])
+    return ReductionContext(edge_ops, probs, ctx.evaluate, random.Random(1), ctx.log)
+
+
+def _decide(strat, ctx: ReductionContext) -> list[dict]:
+    """``strat``'s drops for ``ctx``, with the same random draws for every strategy object."""
+    ctx = ReductionContext(ctx.edge_ops, ctx.probs, ctx.evaluate, random.Random(1), ctx.log)
+    return [d.to_dict() for d in strat.choose_drops(ctx)]
 
 
 def _two_op_ctx(names: list[str], probs: list[float], acc: dict[str, float]) -> ReductionContext:

@@ -359,18 +359,34 @@ def test_pruning_drops_removed_parameters_and_keeps_the_others_momentum() -> Non
     opt.step()  # and the optimizer goes on
 
 
-@pytest.mark.parametrize(
-    "lr,lr_min,epochs", [(0.025, 0.0, 7), (0.025, 0.001, 7), (0.1, 0.0, 50), (0.025, 0, 2)]
-)
-def test_torch_cosine_schedule_matches_the_closed_form(lr: float, lr_min: float, epochs: int) -> None:
-    """The search's learning rate of epoch e is lr_min + (lr - lr_min) (1 + cos(pi e / E)) / 2 (PC-DARTS)."""
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=lr_min)
-    for e in range(epochs + 1):
-        closed = lr_min + 0.5 * (lr - lr_min) * (1 + math.cos(math.pi * e / epochs))
-        assert abs(opt.param_groups[0]["lr"] - closed) <= 1e-12
-        opt.step()
-        schedule.step()
+def _cosine(lr: float, lr_min: float, e: int, epochs: int) -> float:
+    """PC-DARTS' learning rate of (0-based) epoch ``e`` of ``epochs``."""
+    return lr_min + 0.5 * (lr - lr_min) * (1 + math.cos(math.pi * e / epochs))
+
+
+def test_the_search_lr_is_one_cosine_over_all_stages_through_pruning_and_resume(
+    fake_cifar_root: Path, tmp_path: Path
+) -> None:
+    """The search's learning rate of epoch e is lr_min + (lr - lr_min) (1 + cos(pi e / E)) / 2 over all
+    E = stages x epochs_per_stage epochs (PC-DARTS): not restarted per stage, not disturbed by the
+    reductions that prune the optimizer, and continued exactly by a resumed search. (The closed form
+    is the oracle: torch's CosineAnnealingLR computes it recursively.)"""
+    lr, lr_min = 0.05, 0.002
+    cfg = _cfg(fake_cifar_root, search__lr=lr, search__lr_min=lr_min, reduction__epochs_per_stage=2)
+    E = 4  # 3 ops -> 2 stages x 2 epochs, a reduction after epochs 2 and 4
+    # Killed after epoch 3 (mid-stage 2, after a pruning), then resumed for epoch 4.
+    with pytest.raises(_Stop):
+        run_search(cfg, tmp_path, log=None, on_epoch=_stop_after(3))
+    seen: list[dict] = []
+    res = run_search(cfg, tmp_path, log=None, on_epoch=seen.append)
+    assert [m["epoch"] for m in seen] == [4] and res.final["resumed"]
+    assert [m["epoch"] for m in res.metrics] == [1, 2, 3, 4]
+    assert [m["ops_per_edge"] for m in res.metrics] == [3.0, 3.0, 2.0, 2.0]  # pruned after epoch 2
+    expected = [_cosine(lr, lr_min, e, E) for e in range(E)]
+    assert [m["lr"] for m in res.metrics] == pytest.approx(expected, rel=1e-12, abs=0)
+    # After the last epoch the schedule has reached its floor.
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert ckpt["weight_optimizer"]["param_groups"][0]["lr"] == pytest.approx(lr_min, rel=1e-12, abs=0)
 
 
 def test_search_state_checkpoint_is_plain_data(fake_cifar_root: Path, tmp_path: Path) -> None:

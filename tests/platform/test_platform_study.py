@@ -5,7 +5,9 @@ Fast: no Ray. The space is exercised through a real (in-memory) Optuna study.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -13,7 +15,7 @@ import yaml
 
 from bnas.config import ConfigError
 from bnas.platform.orchestrate import plan_trials
-from bnas.platform.space import parse_space
+from bnas.platform.space import SearchSpace, parse_space
 from bnas.platform.study import (
     STUDY_KEYS,
     Objective,
@@ -22,6 +24,7 @@ from bnas.platform.study import (
     SamplerSpec,
     SchedulerSpec,
     StudyFile,
+    StudySpec,
     list_studies,
     load_study,
     make_sampler,
@@ -226,10 +229,110 @@ def test_gpu_request_against_the_cluster(tmp_path: Path) -> None:
         plan_trials(big, {"CPU": 2.0})
 
 
-def test_study_file_round_trip_is_plain_yaml() -> None:
-    for name in STUDIES:
-        raw = yaml.safe_load((Path(load_study(name).source)).read_text())
-        assert set(raw) <= set(STUDY_KEYS)
+def _plain(value: Any) -> Any:
+    """A loaded study value as a study file writes it: sections as mappings, the space as domains."""
+    if isinstance(value, SearchSpace):
+        space = {}
+        for p in value.params:
+            domain: dict[str, Any] = (
+                {"choice": list(p.choices)} if p.kind == "choice" else {p.kind: [p.low, p.high]}
+            )
+            if p.log:
+                domain["log"] = True
+            if p.step is not None:
+                domain["step"] = p.step
+            if p.when:
+                domain["when"] = {k: v[0] if len(v) == 1 else list(v) for k, v in p.when.items()}
+            space[p.name] = domain
+        return space
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _holds(whole: Any, part: Any, where: str = "") -> None:
+    """Every key and item of ``part`` (a study file's YAML) is in ``whole`` with the same value."""
+    if isinstance(part, dict):
+        assert isinstance(whole, dict), where
+        for k, v in part.items():
+            assert k in whole, f"{where}.{k} was lost"
+            _holds(whole[k], v, f"{where}.{k}")
+    elif isinstance(part, list):
+        assert isinstance(whole, list) and len(whole) == len(part), where
+        for i, (w, p) in enumerate(zip(whole, part, strict=True)):
+            _holds(w, p, f"{where}[{i}]")
+    else:
+        # (A float setting may hold the file's int: 1 -> 1.0; a bool stays a bool.)
+        same = whole == part and isinstance(whole, bool) == isinstance(part, bool)
+        assert same, f"{where}: {whole!r} != {part!r}"
+
+
+#: A study that sets every key of the file format, none to its default value.
+EVERY_KEY_SET = """
+description: every key set
+fixed:
+  search: {layers: 3, init_channels: 8}
+  reduction: {epochs_per_stage: 2, warmup_epochs: 1}
+space:
+  search.sampling_k: {choice: [2, 4]}
+  reduction.strategy: {choice: [performance, alpha, ucb]}
+  reduction.temperature: {float: [0.05, 0.5], log: true, when: {reduction.strategy: [performance, ucb]}}
+  reduction.rounds: {int: [1, 5], step: 2, when: {reduction.strategy: performance}}
+  search.lr: {float: [0.01, 0.05], step: 0.01}
+objectives:
+  - {metric: derived_val_acc, mode: max}
+  - {metric: packed_bytes, mode: min}
+sampler: {name: nsga2, seed: 7, options: {population_size: 4}}
+scheduler: {name: fifo, metric: val_loss, mode: min, grace_period: 3, reduction_factor: 3}
+trials: 6
+concurrency: 3
+resources: {cpu: 2, gpu: 0}
+max_failures: 2
+retrain: {top_k: 2, seeds: [3, 4], overrides: {retrain.epochs: 2, retrain.layers: 3}}
+"""
+
+
+@pytest.mark.parametrize("name", [*STUDIES, "every_key_set"])
+def test_study_file_round_trip_is_plain_yaml(name: str, tmp_path: Path) -> None:
+    """A study loads without losing anything its file says, and the loaded study written back as plain
+    YAML (every key of the file format) loads to the very same study, field by field."""
+    every_key = name == "every_key_set"
+    if every_key:
+        (tmp_path / "in").mkdir()
+        name = str(write_study(tmp_path / "in", EVERY_KEY_SET, name))
+    spec = load_study(name, data_root="/data")
+    name = spec.name
+    raw = yaml.safe_load(Path(spec.source).read_text())
+    assert set(raw) <= set(STUDY_KEYS)
+    if every_key:
+        assert set(raw) == set(STUDY_KEYS)
+        default = StudyFile()
+        for key in STUDY_KEYS:
+            value, unset = getattr(spec, key), getattr(default, key)
+            if dataclasses.is_dataclass(unset):  # a section: each of its fields
+                for f in dataclasses.fields(value):
+                    assert getattr(value, f.name) != getattr(unset, f.name), f"{key}.{f.name}"
+            else:
+                assert value != unset, key
+    # Every field of a loaded study is a key of the file, or its name, source or a derived figure.
+    assert {f.name for f in dataclasses.fields(StudySpec)} == {*STUDY_KEYS, "name", "source", "max_warmup"}
+    written = {key: _plain(getattr(spec, key)) for key in STUDY_KEYS}
+
+    # Nothing of the file is lost in loading (data.root is the one value loading replaces).
+    assert spec.fixed["data"]["root"] == "/data"
+    if isinstance(raw.get("fixed", {}).get("data"), dict):
+        raw["fixed"]["data"]["root"] = "/data"
+    _holds(written, raw)
+
+    # Written back as plain YAML (safe_dump refuses Python objects) it loads to the same study.
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(written, sort_keys=False))
+    again = load_study(str(path), data_root="/data")
+    assert again.name == spec.name and again.source == str(path)
+    assert dataclasses.replace(again, source=spec.source) == spec
+    assert again.digest() == spec.digest()
 
 
 def test_a_study_file_reports_all_its_problems(tmp_path: Path) -> None:
