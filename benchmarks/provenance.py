@@ -33,9 +33,8 @@ def provenance(argv: list[str], wall_s: float, script: str | None = None) -> dic
         "commit": _git("rev-parse", "HEAD"),
         "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
         "command": " ".join(["python", f"benchmarks/{name}", *argv]),
-        "machine": f"{platform.node()}: {cpu}, {os.cpu_count()} CPUs{gpu}, Python "
-        "{platform.python_version()}, "
-        f"torch {torch.__version__}",
+        "machine": f"{platform.node()}: {cpu}, {os.cpu_count()} CPUs{gpu}, "
+        f"Python {platform.python_version()}, torch {torch.__version__}",
         "wall_s": wall_s,
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
