@@ -308,5 +308,10 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
         return 130
 
 
+def console() -> int:
+    """The ``bnas`` console command: :func:`main` with this process's environment, as ``python -m bnas``."""
+    return main(environ=os.environ)
+
+
 if __name__ == "__main__":
-    sys.exit(main(environ=os.environ))
+    sys.exit(console())

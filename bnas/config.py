@@ -192,9 +192,24 @@ class ExperimentConfig(Section):
         return settings.result_identity(self)
 
     def digest(self) -> str:
-        """First 12 hex digits of SHA-256 of the settings as sorted JSON."""
+        """First 12 hex digits of SHA-256 of all the settings as sorted JSON (placement included)."""
         blob = json.dumps(self.to_dict(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
+
+    def result_digest(self) -> str:
+        """First 12 hex digits of SHA-256 of :meth:`result_identity` as sorted JSON.
+
+        The one identity rule: a checkpoint, a study and a retraining record are "the same run"
+        when this digest is; placement settings (:data:`PLACEMENT_KEYS`) never enter it.
+        """
+        blob = json.dumps(self.result_identity(), sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+#: Dotted keys of the settings declared ``affects_results=False`` (where and how fast a run computes:
+#: device, threads, data location, loader workers, checkpoint cadence, runtime speed-ups). Every
+#: identity -- checkpoint, study, retraining record -- leaves exactly these out.
+PLACEMENT_KEYS: frozenset[str] = frozenset(settings.nonresult_keys(ExperimentConfig))
 
 
 def phase_problems(cfg: ExperimentConfig, phase: Literal["search", "retrain"]) -> list[tuple[str, str]]:

@@ -61,7 +61,7 @@ from bnas.runtime import (
     seed_everything,
     set_rng_state,
 )
-from bnas.training import RunFolder, derive_seed, isolated_rng
+from bnas.training import PhaseTimer, RunFolder, derive_seed, isolated_rng, timed_batches
 
 GENOTYPE = "genotype.json"
 PACKED = "model.bnas"
@@ -69,6 +69,10 @@ PACKED = "model.bnas"
 _ORDER, _AUGMENT = 10, 11
 #: A batch progress line at most this often within an epoch (long CPU epochs).
 BATCH_LOG_INTERVAL_S = 60.0
+#: The timed phases of a retraining (``final.json["phase_times_s"]``), as the search's
+#: (:data:`bnas.search.PHASES`): batch loading and transfer, the training steps, the test pass, the
+#: checkpoint and metrics writes, the packed export.
+PHASES = ("data", "train_step", "evaluation", "checkpoint", "export")
 
 Log = Callable[[str], None] | None
 
@@ -111,39 +115,27 @@ def train_epoch(
     log: Log = None,
     label: str = "",
     fast: FastPath | None = None,
+    timer: PhaseTimer | None = None,
 ) -> dict[str, float]:
     """One pass over ``loader`` (at most ``max_batches`` batches); returns train_loss and train_acc.
 
     ``fast`` runs the forward passes (bf16, channels_last, compile: :mod:`bnas.accel`); None: plain.
+    ``timer`` charges batch loading to ``data`` and the steps to ``train_step``.
     """
-    r, b = cfg.retrain, cfg.binarization
+    b = cfg.binarization
     fast = fast or FastPath.off(device)
+    timer = timer or PhaseTimer(device)
     use_projection = b.method == "pcnn" and b.pcnn_lambda > 0
     model.train()
     loss_m, acc_m = AverageMeter(), AverageMeter()
     n_batches = len(loader) if max_batches is None else min(len(loader), max_batches)
     progress = Progress(n_batches, label=f"{label} batch".strip())
     last_log = time.perf_counter()
-    for step, (x, y) in enumerate(loader):
-        if step >= n_batches:
-            break
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        optimizer.zero_grad(set_to_none=True)
-        logits, aux = fast(model, x)
-        loss = F.cross_entropy(logits, y)
-        smooth = r.label_smoothing
-        # The objective smooths the labels; the reported loss stays the plain cross-entropy.
-        total = F.cross_entropy(logits, y, label_smoothing=smooth) if smooth > 0 else loss
-        if aux is not None:
-            total = total + r.auxiliary_weight * F.cross_entropy(aux, y, label_smoothing=smooth)
-        if use_projection:
-            total = total + projection_loss(model, b.pcnn_lambda, b.pcnn_eta)
-        total.backward()
-        if r.grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), r.grad_clip)
-        optimizer.step()
-        loss_m.update(loss.item(), y.size(0))
-        acc_m.update(accuracy(logits.detach(), y)[0], y.size(0))
+    for step, (x, y) in enumerate(timed_batches(loader, timer, device, n_batches)):
+        with timer("train_step"):
+            loss, logits = _train_step(model, x, y, optimizer, cfg, fast, use_projection)
+        loss_m.update(loss, y.size(0))
+        acc_m.update(accuracy(logits, y)[0], y.size(0))
         progress.update(step + 1)
         if log is not None and time.perf_counter() - last_log > BATCH_LOG_INTERVAL_S:
             last_log = time.perf_counter()
@@ -151,19 +143,52 @@ def train_epoch(
     return {"train_loss": loss_m.avg, "train_acc": acc_m.avg}
 
 
+def _train_step(
+    model: EvalNetwork,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    cfg: ExperimentConfig,
+    fast: FastPath,
+    use_projection: bool,
+) -> tuple[float, torch.Tensor]:
+    """One SGD step; the plain cross-entropy and the (detached) logits."""
+    r, b = cfg.retrain, cfg.binarization
+    optimizer.zero_grad(set_to_none=True)
+    logits, aux = fast(model, x)
+    loss = F.cross_entropy(logits, y)
+    smooth = r.label_smoothing
+    # The objective smooths the labels; the reported loss stays the plain cross-entropy.
+    total = F.cross_entropy(logits, y, label_smoothing=smooth) if smooth > 0 else loss
+    if aux is not None:
+        total = total + r.auxiliary_weight * F.cross_entropy(aux, y, label_smoothing=smooth)
+    if use_projection:
+        total = total + projection_loss(model, b.pcnn_lambda, b.pcnn_eta)
+    total.backward()
+    if r.grad_clip > 0:
+        nn.utils.clip_grad_norm_(model.parameters(), r.grad_clip)
+    optimizer.step()
+    return loss.item(), logits.detach()
+
+
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device, fast: FastPath | None = None
+    model: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    device: torch.device,
+    fast: FastPath | None = None,
+    timer: PhaseTimer | None = None,
 ) -> dict[str, float]:
     """Mean cross-entropy and top-1 accuracy (fraction) of ``model`` in eval mode over ``loader``."""
     fast = fast or FastPath.off(device)
+    timer = timer or PhaseTimer(device)
     model.eval()
     loss_m, acc_m = AverageMeter(), AverageMeter()
-    for x, y in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        logits, _ = fast(model, x)
-        loss_m.update(F.cross_entropy(logits, y).item(), y.size(0))
-        acc_m.update(accuracy(logits, y)[0], y.size(0))
+    for x, y in timed_batches(loader, timer, device):
+        with timer("evaluation"):
+            logits, _ = fast(model, x)
+            loss_m.update(F.cross_entropy(logits, y).item(), y.size(0))
+            acc_m.update(accuracy(logits, y)[0], y.size(0))
     return {"loss": loss_m.avg, "acc": acc_m.avg}
 
 
@@ -238,12 +263,14 @@ def _retrain(
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=r.epochs, eta_min=r.lr_min)
 
     start_epoch, history, elapsed_before = 0, [], 0.0
+    timer = PhaseTimer(device, PHASES)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         set_rng_state(ckpt["rng"], device)
         start_epoch, history, elapsed_before = ckpt["epoch"], list(ckpt["metrics"]), ckpt["elapsed_s"]
+        timer.add(ckpt.get("phase_times_s", {}))  # a resumed run reports the whole run's phases
         say(f"resuming from {folder.checkpoint_path} after epoch {start_epoch}/{r.epochs}")
 
     n_train = len(train_loader.dataset)
@@ -269,8 +296,9 @@ def _retrain(
             say,
             label=f"epoch {epoch + 1}/{r.epochs}",
             fast=fast,
+            timer=timer,
         )
-        test = evaluate(model, test_loader, device, fast)
+        test = evaluate(model, test_loader, device, fast, timer)
         scheduler.step()
         metrics = {
             "epoch": epoch + 1,
@@ -283,18 +311,20 @@ def _retrain(
             "elapsed_s": elapsed_before + time.perf_counter() - session_t0,
         }
         history.append(metrics)
-        folder.end_epoch(
-            {
-                "epoch": epoch + 1,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": get_rng_state(device),
-                "metrics": history,
-                "elapsed_s": metrics["elapsed_s"],
-            },
-            history,
-        )
+        with timer("checkpoint"):
+            folder.end_epoch(
+                {
+                    "epoch": epoch + 1,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": get_rng_state(device),
+                    "metrics": history,
+                    "elapsed_s": metrics["elapsed_s"],
+                    "phase_times_s": timer.snapshot(),
+                },
+                history,
+            )
         progress.update(epoch + 1)
         say(
             progress.line(
@@ -307,7 +337,8 @@ def _retrain(
 
     last = history[-1]
     size = size_report(model)
-    export_packed(model, out / PACKED)
+    with timer("export"):
+        export_packed(model, out / PACKED)
     final = {
         "test_acc": last["test_acc"],
         "test_loss": last["test_loss"],
@@ -316,12 +347,13 @@ def _retrain(
         "epochs": r.epochs,
         "wall_time_s": last["elapsed_s"],
         "genotype_digest": genotype.digest,
-        "config_digest": cfg.digest(),
+        "config_digest": cfg.result_digest(),
         "method": cfg.binarization.method,
         "activations": cfg.binarization.activations,
         "seed": cfg.seed,
         "device": str(device),
         "fast_path": fast.describe(train_loader),
+        "phase_times_s": timer.snapshot(),
         "dataset": info.name,
         **size,
     }

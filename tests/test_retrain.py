@@ -14,7 +14,7 @@ from bnas.data import retrain_loaders
 from bnas.export import load_packed
 from bnas.genotype import GENOTYPES, Genotype
 from bnas.model_size import size_report
-from bnas.retrain import build_network, evaluate, retrain
+from bnas.retrain import PHASES, build_network, evaluate, retrain
 from bnas.runtime import (
     AverageMeter,
     Progress,
@@ -97,10 +97,16 @@ def test_resume_gives_the_uninterrupted_result(fake_cifar_root: Path, tmp_path: 
     for ma, mb in zip(_metrics(tmp_path / "a"), _metrics(tmp_path / "b"), strict=True):
         assert _untimed(ma) == _untimed(mb)
     assert _untimed(full) == _untimed(resumed)
+    # Every second lands in one phase, and a resumed run reports the whole run's phases.
+    assert set(full["phase_times_s"]) == set(resumed["phase_times_s"]) == set(PHASES)
+    assert all(v > 0 for v in resumed["phase_times_s"].values())
+    assert sum(resumed["phase_times_s"].values()) <= resumed["wall_time_s"] + sum(
+        resumed["phase_times_s"][p] for p in ("checkpoint", "export")
+    )
 
 
 def _untimed(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if k not in ("elapsed_s", "wall_time_s")}
+    return {k: v for k, v in metrics.items() if k not in ("elapsed_s", "wall_time_s", "phase_times_s")}
 
 
 def _metrics(out: Path) -> list[dict]:

@@ -29,8 +29,8 @@ from bnas.platform.tracking_schema import RETRAIN, SEARCH, RunKind, State
 
 
 def retrain_key_digest(spec: StudySpec, settings: dict[str, Any], seed: int) -> str:
-    """Identity of a retraining (genotype aside): its resolved settings, where it runs left out."""
-    return spec.retrain_config(settings, seed, device="auto", threads=1).digest()
+    """Identity of a retraining (genotype aside): :meth:`~bnas.config.ExperimentConfig.result_digest`."""
+    return spec.retrain_config(settings, seed).result_digest()
 
 
 class TrackingCallback(tune.Callback):

@@ -6,7 +6,8 @@ same thing: :func:`study_identity` is a digest of everything that changes a tria
 settings, the sampled space, the objectives, and the dataset's *content*), and a name that meets a
 different identity is refused before anything is created
 (:func:`bnas.platform.tracking.check_parent_identity`). Where the
-study runs (data root path, device, threads, download switch) and how much of it runs (trials,
+study runs (the settings declared ``affects_results=False``: :data:`bnas.config.PLACEMENT_KEYS`,
+the same rule as the checkpoint and the retraining records) and how much of it runs (trials,
 concurrency, sampler, retraining stage) are left out: more trials of the same study add to it.
 
 :func:`describe_dataset` is what the console header, the parent run's params and MLflow's dataset
@@ -23,13 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bnas.config import PLACEMENT_KEYS
 from bnas.errors import ConfigError
 from bnas.platform.study import StudySpec
 
 #: Study names become folder names, MLflow experiment names and Optuna study names.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-#: Settings that say where or how fast a trial runs, never what it computes.
-PLACEMENT_KEYS = (("data", "root"), ("data", "download"), ("device",), ("threads",), ("runtime",))
 
 
 def check_name(name: str) -> str:
@@ -144,14 +144,18 @@ def describe_dataset(spec: StudySpec, root: Path) -> DatasetDescription:
 
 
 def _without_placement(fixed: Mapping[str, Any]) -> dict[str, Any]:
+    """``fixed`` less the placement settings: the rule of :meth:`ExperimentConfig.result_digest`."""
     out = json.loads(json.dumps(fixed, default=str))  # a deep copy of plain data
-    for path in PLACEMENT_KEYS:
+    for key in PLACEMENT_KEYS:
+        out.pop(key, None)  # a dotted key at the top level
+        *path, last = key.split(".")
         section = out
-        for key in path[:-1]:
-            section = section.get(key) if isinstance(section, dict) else None
+        for part in path:
+            section = section.get(part) if isinstance(section, dict) else None
         if isinstance(section, dict):
-            section.pop(path[-1], None)
-    return out
+            section.pop(last, None)
+    # A section left empty says nothing: `runtime: {amp: bf16}` is the same study as no `runtime`.
+    return {k: v for k, v in out.items() if v != {}}
 
 
 def identity_record(spec: StudySpec, dataset: DatasetDescription) -> dict[str, Any]:

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from platform_helpers import load_run_main
 
+from bnas.config import PLACEMENT_KEYS
+from bnas.platform.callbacks import retrain_key_digest
 from bnas.platform.identity import describe_dataset, identity_record, study_identity
 from bnas.platform.study import load_study
 from bnas.platform.tracking import StudyIdentityError, StudyTracker, TrackerConfig
@@ -140,3 +142,28 @@ def test_bad_names_are_refused(
     rc = _check(run_main, f"sqlite:///{tmp_path / 'm.db'}", fake_cifar_root, tmp_path / "s", "--name", name)
     err = capsys.readouterr().err
     assert rc == 2 and "--name" in err and "not a usable study name" in err, err
+
+
+@pytest.mark.parametrize("key", sorted(PLACEMENT_KEYS))
+def test_one_identity_rule_for_study_checkpoint_and_retraining(fake_cifar_root: Path, key: str) -> None:
+    """Every placement setting (``affects_results=False``) is outside all three identities, and a
+    setting that changes results is inside all three."""
+    changed = {"device": "cpu", "threads": 2, "data.download": True, "data.num_workers": 1,
+               "search.checkpoint_every": 3, "runtime.amp": "bf16", "runtime.channels_last": True,
+               "runtime.cudnn_benchmark": False, "runtime.data_on_device": "off",
+               "runtime.data_device_fraction": 0.2, "runtime.compile": True, "runtime.subnet_batch": 2}  # fmt: skip
+    value = str(fake_cifar_root / "elsewhere") if key == "data.root" else changed[key]
+    base = load_study("bnas_smoke", data_root=fake_cifar_root)
+    moved = load_study("bnas_smoke", [f"fixed.{key}={json.dumps(value)}"], data_root=fake_cifar_root)
+    other = load_study("bnas_smoke", ["fixed.search.lr=0.07"], data_root=fake_cifar_root)
+    dataset = describe_dataset(base, fake_cifar_root)
+    assert study_identity(base, dataset) == study_identity(moved, dataset) != study_identity(other, dataset)
+    cfgs = [s.trial_config({}) for s in (base, moved, other)]
+    assert cfgs[0].result_digest() == cfgs[1].result_digest() != cfgs[2].result_digest()
+    keys = [retrain_key_digest(s, s.trial_config({}).to_dict(), 0) for s in (base, moved, other)]
+    assert keys[0] == keys[1] != keys[2]
+
+
+def test_placement_keys_are_the_declared_ones() -> None:
+    assert {"device", "threads", "data.root", "data.num_workers", "search.checkpoint_every"} <= PLACEMENT_KEYS
+    assert not {"search.lr", "seed", "reduction.strategy", "binarization.method"} & PLACEMENT_KEYS
