@@ -1,7 +1,7 @@
 """The study's tables, pure pandas over :func:`analysis.loader.load_study`'s runs frame.
 
 * :func:`leaderboard` -- one row per derived architecture (genotype x retraining binarization), the
-  aggregation of :func:`bnas.platform.tracking_schema.leaderboard` (also the console summary's) with
+  aggregation of :func:`bnas.platform.leaderboard.leaderboard` (also the console summary's) with
   the settings of the search run behind each row;
 * :func:`pareto_points` -- the leaderboard on accuracy vs packed size, non-dominated points flagged;
 * :func:`search_cost` -- wall and device time per search trial, compared with the paper on GPUs;
@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from bnas.platform import leaderboard as leaderboard_rows
 from bnas.platform import tracking_schema as schema
 from bnas.platform.tracking_schema import (
     PARAM_COLUMN,
@@ -69,12 +70,12 @@ def _records(runs: pd.DataFrame) -> list[dict[str, Any]]:
 
 def finished_search_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """Search runs that completed and derived a genotype."""
-    return _where(runs, schema.is_finished_search)
+    return _where(runs, leaderboard_rows.is_finished_search)
 
 
 def finished_retrain_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """Retraining runs that completed with a final test accuracy."""
-    return _where(runs, schema.is_finished_retrain)
+    return _where(runs, leaderboard_rows.is_finished_retrain)
 
 
 LEADERBOARD_COLUMNS = [
@@ -96,17 +97,17 @@ LEADERBOARD_COLUMNS = [
 def leaderboard(runs: pd.DataFrame, num_classes: int | None = None) -> pd.DataFrame:
     """One row per derived architecture (genotype digest x retraining binarization method), best first.
 
-    The rows and their order are :func:`bnas.platform.tracking_schema.leaderboard`'s (the same as the
+    The rows and their order are :func:`bnas.platform.leaderboard.leaderboard`'s (the same as the
     console summary at the end of a study): retrained ``test_acc`` mean, sample standard deviation and
     count over seeds; rows without retraining keep NaN there and rank after retrained ones, by
     ``derived_val_acc``; ties go to the smaller packed size. Here each row also shows the settings of
     the search run that produced it (``setting.*`` for :data:`KEY_SETTINGS`, ``space.*`` for every
     sampled value). Retrained reference genotypes get ``source = reference``. With ``num_classes``
     (the dataset's), ``test_near_chance`` / ``val_near_chance`` flag figures within noise of chance,
-    and such rows rank after the rest (:func:`bnas.platform.tracking_schema.leaderboard`).
+    and such rows rank after the rest (:func:`bnas.platform.leaderboard.leaderboard`).
     """
     rows = []
-    for row in schema.leaderboard(_records(runs), num_classes):
+    for row in leaderboard_rows.leaderboard(_records(runs), num_classes):
         producer = row.pop("producer")
         if producer is not None:
             for k in KEY_SETTINGS:

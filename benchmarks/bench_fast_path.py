@@ -161,12 +161,20 @@ def bench_search(args: argparse.Namespace, root: Path, shape: SearchShape, varia
     """One variant of the super-network step (architecture step + weight step) at ``shape``."""
     device = torch.device(args.device)
     cfg = _base(args, root, VARIANTS[variant])
-    cfg["search"] = {"layers": shape.layers, "init_channels": shape.channels, "sampling_k": shape.k,
-                     "batch_size": shape.batch}
+    cfg["search"] = {
+        "layers": shape.layers,
+        "init_channels": shape.channels,
+        "sampling_k": shape.k,
+        "batch_size": shape.batch,
+    }
     cfg["reduction"] = {"warmup_epochs": 0}
     _reset_memory(device)
-    s = Search(config_from_dict(cfg), Path(args.work) / "runs" / f"search_k{shape.k}_{variant}", log=None,
-               resume=False)
+    s = Search(
+        config_from_dict(cfg),
+        Path(args.work) / "runs" / f"search_k{shape.k}_{variant}",
+        log=None,
+        resume=False,
+    )
     train, val = _Stream(s.train_loader), _Stream(s.val_loader)
 
     def step() -> None:
@@ -178,9 +186,15 @@ def bench_search(args: argparse.Namespace, root: Path, shape: SearchShape, varia
     with isolated_rng(device), s.fast.session():
         warm_s, step_s = _timed(step, args.warmup, args.steps, device)
     return {
-        "part": "search", "variant": variant, **asdict(shape), "image_size": SIZES[args.size].image_size,
-        "step_s": step_s, "img_per_s": shape.batch / step_s, "warmup_s": warm_s,
-        "peak_cuda_mib": _peak_mib(device), "fast_path": s.fast.describe(s.train_loader),
+        "part": "search",
+        "variant": variant,
+        **asdict(shape),
+        "image_size": SIZES[args.size].image_size,
+        "step_s": step_s,
+        "img_per_s": shape.batch / step_s,
+        "warmup_s": warm_s,
+        "peak_cuda_mib": _peak_mib(device),
+        "fast_path": s.fast.describe(s.train_loader),
     }
 
 
@@ -189,16 +203,29 @@ def bench_retrain(args: argparse.Namespace, root: Path, variant: str) -> dict[st
     device = torch.device(args.device)
     layers, channels, batch = SIZES[args.size].retrain
     cfg = _base(args, root, VARIANTS[variant])
-    cfg["retrain"] = {"layers": layers, "init_channels": channels, "batch_size": batch, "cutout": 16,
-                      "drop_path_prob": 0.2, "auxiliary": True}
+    cfg["retrain"] = {
+        "layers": layers,
+        "init_channels": channels,
+        "batch_size": batch,
+        "cutout": 16,
+        "drop_path_prob": 0.2,
+        "auxiliary": True,
+    }
     c = config_from_dict(cfg)
     r = c.retrain
     _reset_memory(device)
     fast = FastPath.from_config(c.runtime, device)
     with isolated_rng(device), fast.session():
         torch.manual_seed(0)
-        loader, _, info = retrain_loaders(c.data, r.batch_size, r.eval_batch_size, c.seed, cutout=r.cutout,
-                                          device=device, placement=fast.placement)
+        loader, _, info = retrain_loaders(
+            c.data,
+            r.batch_size,
+            r.eval_batch_size,
+            c.seed,
+            cutout=r.cutout,
+            device=device,
+            placement=fast.placement,
+        )
         model = fast.prepare(build_network(c, GENOTYPES.get(GENOTYPE), info).to(device))
         model.drop_path_prob = r.drop_path_prob / 2  # mid-run
         opt = torch.optim.SGD(model.parameters(), lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay)
@@ -211,9 +238,17 @@ def bench_retrain(args: argparse.Namespace, root: Path, variant: str) -> dict[st
         _sync(device)
         step_s = (time.perf_counter() - t1) / args.steps
     return {
-        "part": "retrain", "variant": variant, "layers": layers, "channels": channels, "batch": batch,
-        "image_size": SIZES[args.size].image_size, "step_s": step_s, "img_per_s": batch / step_s,
-        "warmup_s": warm_s, "peak_cuda_mib": _peak_mib(device), "fast_path": fast.describe(loader),
+        "part": "retrain",
+        "variant": variant,
+        "layers": layers,
+        "channels": channels,
+        "batch": batch,
+        "image_size": SIZES[args.size].image_size,
+        "step_s": step_s,
+        "img_per_s": batch / step_s,
+        "warmup_s": warm_s,
+        "peak_cuda_mib": _peak_mib(device),
+        "fast_path": fast.describe(loader),
     }
 
 
@@ -230,17 +265,30 @@ def prepare_data(args: argparse.Namespace) -> Path:
 
 
 def render(rows: list[dict[str, Any]]) -> str:
-    lines = [f"{'part':<8}{'shape':<22}{'variant':<15}{'ms/step':>9}{'img/s':>9}{'x fp32':>8}"
-             f"{'warmup s':>10}{'peak MiB':>10}"]
+    lines = [
+        f"{'part':<8}{'shape':<22}{'variant':<15}{'ms/step':>9}{'img/s':>9}{'x fp32':>8}"
+        f"{'warmup s':>10}{'peak MiB':>10}"
+    ]
     for r in rows:
-        shape = (f"{r['layers']}c C={r['channels']} K={r['k']} b{r['batch']}" if r["part"] == "search"
-                 else f"{r['layers']}c C={r['channels']} b{r['batch']}")
-        ref = next((b for b in rows if b["variant"] == "fp32" and b["part"] == r["part"]
-                    and b.get("k") == r.get("k")), None)
+        shape = (
+            f"{r['layers']}c C={r['channels']} K={r['k']} b{r['batch']}"
+            if r["part"] == "search"
+            else f"{r['layers']}c C={r['channels']} b{r['batch']}"
+        )
+        ref = next(
+            (
+                b
+                for b in rows
+                if b["variant"] == "fp32" and b["part"] == r["part"] and b.get("k") == r.get("k")
+            ),
+            None,
+        )
         speed = f"{r['img_per_s'] / ref['img_per_s']:.2f}" if ref else "-"
         peak = "-" if r["peak_cuda_mib"] is None else f"{r['peak_cuda_mib']:.0f}"
-        lines.append(f"{r['part']:<8}{shape:<22}{r['variant']:<15}{r['step_s'] * 1e3:>9.1f}"
-                     f"{r['img_per_s']:>9.1f}{speed:>8}{r['warmup_s']:>10.1f}{peak:>10}")
+        lines.append(
+            f"{r['part']:<8}{shape:<22}{r['variant']:<15}{r['step_s'] * 1e3:>9.1f}"
+            f"{r['img_per_s']:>9.1f}{speed:>8}{r['warmup_s']:>10.1f}{peak:>10}"
+        )
     return "\n".join(lines)
 
 
@@ -282,8 +330,11 @@ def main(argv: list[str] | None = None) -> int:
             for v in variants:
                 row = bench_retrain(args, root, v) if shape is None else bench_search(args, root, shape, v)
                 rows.append(row)
-                print(f"{part} {v}: {row['img_per_s']:.1f} img/s, {row['step_s'] * 1e3:.1f} ms/step",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"{part} {v}: {row['img_per_s']:.1f} img/s, {row['step_s'] * 1e3:.1f} ms/step",
+                    file=sys.stderr,
+                    flush=True,
+                )
     meta = {
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),

@@ -44,8 +44,15 @@ def _make_folder(root: Path, n: int, h: int, w: int, classes: int = 10) -> Path:
 
     if (root / "done").is_file():
         return root
-    make_image_folder(root, tuple(f"c{i:02d}" for i in range(classes)), per_class=n // classes, n_test=1,
-                      sizes=((h, w),), formats=(".jpg",), grayscale_every=0)
+    make_image_folder(
+        root,
+        tuple(f"c{i:02d}" for i in range(classes)),
+        per_class=n // classes,
+        n_test=1,
+        sizes=((h, w),),
+        formats=(".jpg",),
+        grayscale_every=0,
+    )
     (root / "done").write_text("ok")
     return root
 
@@ -92,13 +99,22 @@ def _child_throughput(root: Path, workers: int, size: int) -> dict[str, Any]:
     t1 = time.perf_counter()
     rest = sum(len(y) for _, y in it)
     t2 = time.perf_counter()
-    return {"workers": workers, "first_batch_s": t1 - t0, "images": first + rest,
-            "images_per_s": rest / (t2 - t1) if rest else float("nan")}
+    return {
+        "workers": workers,
+        "first_batch_s": t1 - t0,
+        "images": first + rest,
+        "images_per_s": rest / (t2 - t1) if rest else float("nan"),
+    }
 
 
 def _run_child(*args: str) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, __file__, "--child", *args], check=True, capture_output=True,
-                         text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", *args],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -116,8 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.child:
         kind, root, *rest = args.child
-        res = (_child_memory(Path(root), rest[0], int(rest[1])) if kind == "memory"
-               else _child_throughput(Path(root), int(rest[0]), int(rest[1])))
+        res = (
+            _child_memory(Path(root), rest[0], int(rest[1]))
+            if kind == "memory"
+            else _child_throughput(Path(root), int(rest[0]), int(rest[1]))
+        )
         print(json.dumps(res))
         return 0
 
@@ -127,19 +146,30 @@ def main(argv: list[str] | None = None) -> int:
         for n in args.counts:
             root = _make_folder(work / f"n{n}_s{args.side}", n, args.side, args.side)
             for storage in args.storages:
-                memory.append({"count": n, "storage": storage,
-                               **_run_child("memory", str(root), storage, str(args.side))})
+                memory.append(
+                    {
+                        "count": n,
+                        "storage": storage,
+                        **_run_child("memory", str(root), storage, str(args.side)),
+                    }
+                )
         photos = _make_folder(work / f"photos{args.throughput_images}", args.throughput_images, *args.photo)
         speed = [_run_child("throughput", str(photos), str(w), str(args.image_size)) for w in args.workers]
 
-    print(f"resident memory after one pass over N generated {args.side}x{args.side} JPEGs "
-          f"(MiB above the process after imports)")
+    print(
+        f"resident memory after one pass over N generated {args.side}x{args.side} JPEGs "
+        f"(MiB above the process after imports)"
+    )
     print(f"{'N':>7}  {'storage':<7}  {'rss':>8}  {'peak':>8}  {'decoded':>8}  {'seconds':>8}")
     for r in memory:
-        print(f"{r['count']:>7}  {r['storage']:<7}  {r['rss_mib']:>8.1f}  {r['peak_mib']:>8.1f}  "
-              f"{r['decoded_mib']:>8.1f}  {r['seconds']:>8.1f}")
-    print(f"\nstreamed training loader, ImageNet augmentation to {args.image_size} px, "
-          f"{args.photo[0]}x{args.photo[1]} JPEGs, batch 64, cpu count {os.cpu_count()}")
+        print(
+            f"{r['count']:>7}  {r['storage']:<7}  {r['rss_mib']:>8.1f}  {r['peak_mib']:>8.1f}  "
+            f"{r['decoded_mib']:>8.1f}  {r['seconds']:>8.1f}"
+        )
+    print(
+        f"\nstreamed training loader, ImageNet augmentation to {args.image_size} px, "
+        f"{args.photo[0]}x{args.photo[1]} JPEGs, batch 64, cpu count {os.cpu_count()}"
+    )
     print(f"{'workers':>7}  {'images/s':>9}  {'first batch s':>13}")
     for r in speed:
         print(f"{r['workers']:>7}  {r['images_per_s']:>9.1f}  {r['first_batch_s']:>13.2f}")

@@ -37,8 +37,17 @@ LOGIT_TOL = 16 * 2.0**-9
 def _batches(device: torch.device, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (300, 3, 32, 32), generator=g, dtype=torch.uint8)
-    loader = device_loader(x, torch.arange(300) % 10, torch.arange(300), TrainTransform(MEAN, STD, cutout=16),
-                           device, 64, True, seed, seed + 1)
+    loader = device_loader(
+        x,
+        torch.arange(300) % 10,
+        torch.arange(300),
+        TrainTransform(MEAN, STD, cutout=16),
+        device,
+        64,
+        True,
+        seed,
+        seed + 1,
+    )
     return [(a.cpu(), b.cpu()) for a, b in loader]
 
 
@@ -58,14 +67,26 @@ def check_loader(device: torch.device) -> dict[str, Any]:
     reseed_loader(loader, 5, 6)
     again = all(torch.equal(t, u) for t, (u, _) in zip(first, loader, strict=True))
     ok = same and differs and labels and cross <= 1e-5 and again
-    return {"ok": ok, "same_seed_same_batches": same, "other_seed_differs": differs, "reseed_repeats": again,
-            "labels_equal_cpu": labels, "max_abs_diff_vs_cpu": cross}
+    return {
+        "ok": ok,
+        "same_seed_same_batches": same,
+        "other_seed_differs": differs,
+        "reseed_repeats": again,
+        "labels_equal_cpu": labels,
+        "max_abs_diff_vs_cpu": cross,
+    }
 
 
 def check_numerics(device: torch.device) -> dict[str, Any]:
     torch.manual_seed(0)
-    net = SuperNetwork(16, 10, 5, ["skip_connect", "max_pool_3x3", "avg_pool_3x3", "sep_conv_3x3",
-                                   "dil_conv_3x3", "sep_conv_5x5"], 4, BinarySpec("xnor"))
+    net = SuperNetwork(
+        16,
+        10,
+        5,
+        ["skip_connect", "max_pool_3x3", "avg_pool_3x3", "sep_conv_3x3", "dil_conv_3x3", "sep_conv_5x5"],
+        4,
+        BinarySpec("xnor"),
+    )
     g = torch.Generator().manual_seed(1)
     x = torch.randn(64, 3, 32, 32, generator=g)
     ref_cpu = FastPath.off()(net, x)
@@ -81,17 +102,26 @@ def check_numerics(device: torch.device) -> dict[str, Any]:
     cl = FastPath(device, channels_last=True)
     cl.prepare(net)
     d_cl = (cl(net, xd).cpu() - ref).abs().max().item()
-    return {"ok": d_bf16 <= LOGIT_TOL * scale and bn_fp32 and d_cl <= 1e-2 and d_fp32 <= 1e-2,
-            "logit_scale": scale, "bf16_vs_cpu_fp32": d_bf16, "cuda_fp32_vs_cpu_fp32": d_fp32,
-            "channels_last_vs_contiguous": d_cl, "bn_buffers_fp32": bn_fp32, "tolerance": LOGIT_TOL * scale}
+    return {
+        "ok": d_bf16 <= LOGIT_TOL * scale and bn_fp32 and d_cl <= 1e-2 and d_fp32 <= 1e-2,
+        "logit_scale": scale,
+        "bf16_vs_cpu_fp32": d_bf16,
+        "cuda_fp32_vs_cpu_fp32": d_fp32,
+        "channels_last_vs_contiguous": d_cl,
+        "bn_buffers_fp32": bn_fp32,
+        "tolerance": LOGIT_TOL * scale,
+    }
 
 
 def check_cudnn_flag(device: torch.device) -> dict[str, Any]:
     before = torch.backends.cudnn.benchmark
     with FastPath(device, cudnn_benchmark=not before).session():
         inside = torch.backends.cudnn.benchmark
-    return {"ok": inside is (not before) and torch.backends.cudnn.benchmark is before, "before": before,
-            "inside": inside}
+    return {
+        "ok": inside is (not before) and torch.backends.cudnn.benchmark is before,
+        "before": before,
+        "inside": inside,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

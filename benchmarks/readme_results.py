@@ -26,7 +26,11 @@ END = "<!-- results:end -->"
 RESULTS: tuple[tuple[str, str, str], ...] = (
     ("Evidence: searched against random binary architectures", "docs/results/evidence_cpu", "results.md"),
     ("Search signal: the reduction mechanics side by side", "docs/results/search_signal_cpu", "signal.md"),
-    ("Search cost: the defaults against PC-DARTS's schedule", "docs/results/schedules_defaults", "schedules.md"),
+    (
+        "Search cost: the defaults against PC-DARTS's schedule",
+        "docs/results/schedules_defaults",
+        "schedules.md",
+    ),
 )
 
 

@@ -48,8 +48,14 @@ SUBNETS_PER_ROUND = {"performance": lambda k: math.ceil(k / 2), "ucb": lambda k:
 
 def probe_settings(full: dict[str, Any], batches: int, subnet_batches: int) -> dict[str, Any]:
     """The full schedule's settings cut to its first stage: two epochs without warm-up, capped batches."""
-    return {**full, "reduction.stages": 1, "reduction.epochs_per_stage": 2, "reduction.warmup_epochs": 0,
-            "search.max_batches_per_epoch": batches, "reduction.subnet_max_batches": subnet_batches}
+    return {
+        **full,
+        "reduction.stages": 1,
+        "reduction.epochs_per_stage": 2,
+        "reduction.warmup_epochs": 0,
+        "search.max_batches_per_epoch": batches,
+        "reduction.subnet_max_batches": subnet_batches,
+    }
 
 
 def _n_ops(s: dict[str, Any]) -> int:
@@ -77,11 +83,21 @@ def _counts(s: dict[str, Any], n_images: int, stage_ops: list[int]) -> dict[str,
     rounds, v_epochs = s.get("reduction.rounds", 3), s.get("reduction.subnet_epochs", 1)
     epochs, warmup = s.get("reduction.epochs_per_stage", 5), s.get("reduction.warmup_epochs", 0)
     every, total = s.get("search.validate_every", 1), len(stage_ops) * epochs
-    validated = [sum(1 for e in range(i * epochs, (i + 1) * epochs) if (e + 1) % every == 0 or e == total - 1)
-                 for i in range(len(stage_ops))]
-    return {"train_b": train_b, "val_b": val_b, "sub_b": sub_b, "sev_b": sev_b, "epochs": epochs,
-            "warmup": warmup, "validated": validated,
-            "subnets": [rounds * per_round(k) for k in stage_ops], "v_epochs": v_epochs}
+    validated = [
+        sum(1 for e in range(i * epochs, (i + 1) * epochs) if (e + 1) % every == 0 or e == total - 1)
+        for i in range(len(stage_ops))
+    ]
+    return {
+        "train_b": train_b,
+        "val_b": val_b,
+        "sub_b": sub_b,
+        "sev_b": sev_b,
+        "epochs": epochs,
+        "warmup": warmup,
+        "validated": validated,
+        "subnets": [rounds * per_round(k) for k in stage_ops],
+        "v_epochs": v_epochs,
+    }
 
 
 def stage_ops(s: dict[str, Any]) -> list[int]:
@@ -140,15 +156,24 @@ def extrapolate(full: dict[str, Any], u: dict[str, float], n_images: int) -> dic
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--scale", choices=sorted(bs.SCALES), default="gpu")
-    p.add_argument("--schedules", nargs="+", choices=sorted(bs.SCHEDULES),
-                   default=["bnas_k2", "pcdarts_fp", "bnas_k4", "pcdarts_xnor"])
+    p.add_argument(
+        "--schedules",
+        nargs="+",
+        choices=sorted(bs.SCHEDULES),
+        default=["bnas_k2", "pcdarts_fp", "bnas_k4", "pcdarts_xnor"],
+    )
     p.add_argument("--batches", type=int, default=20, help="training (and validation) batches of the stage")
     p.add_argument("--subnet-batches", type=int, default=2, help="training batches per sampled sub-network")
     p.add_argument("--data-root", help="CIFAR-10 folder (else $BNAS_DATA_ROOT, else ../shared/data)")
     p.add_argument("--fake", action="store_true", help="generated CIFAR-10 (bnas.testing.make_fake_cifar)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: the scale's)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra setting for every schedule (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra setting for every schedule (repeatable)",
+    )
     p.add_argument("--epoch-factor", type=float, help="scale the schedules' epochs (default: the scale's)")
     p.add_argument("--out", required=True, help="folder for configs, runs and probe.json")
     args = p.parse_args(argv)
@@ -160,12 +185,25 @@ def main(argv: list[str] | None = None) -> int:
     data = bs.prepare_data(out, args.data_root, scale.train_images, args.fake and not args.data_root)
     n_images = scale.train_images or bs.CIFAR10_TRAIN_IMAGES
     extra = parse_overrides(args.set)
-    results: dict[str, Any] = {"scale": args.scale, "n_images": n_images, "epoch_factor": factor,
-                               "batches": args.batches,
-                               "subnet_batches": args.subnet_batches, "schedules": {}}
+    results: dict[str, Any] = {
+        "scale": args.scale,
+        "n_images": n_images,
+        "epoch_factor": factor,
+        "batches": args.batches,
+        "subnet_batches": args.subnet_batches,
+        "schedules": {},
+    }
     for name in args.schedules:
-        full = bs.build_settings(bs.SCHEDULES[name], scale, 0, data, scale.train_images,
-                                 args.device or scale.device, scale.threads, factor)
+        full = bs.build_settings(
+            bs.SCHEDULES[name],
+            scale,
+            0,
+            data,
+            scale.train_images,
+            args.device or scale.device,
+            scale.threads,
+            factor,
+        )
         full.update(extra)
         probe = probe_settings(full, args.batches, args.subnet_batches)
         t0 = time.perf_counter()
@@ -174,13 +212,21 @@ def main(argv: list[str] | None = None) -> int:
         u = unit_costs(final, [json.loads(line) for line in lines], probe, n_images)
         est = extrapolate(full, u, n_images)
         results["schedules"][name] = {
-            "label": bs.SCHEDULES[name].label, "probe_wall_s": time.perf_counter() - t0,
-            "stage1": final["stage_times"][0], "fast_path": final.get("fast_path"),
-            "unit_costs_s": u, "estimate": est, "settings": full,
+            "label": bs.SCHEDULES[name].label,
+            "probe_wall_s": time.perf_counter() - t0,
+            "stage1": final["stage_times"][0],
+            "fast_path": final.get("fast_path"),
+            "unit_costs_s": u,
+            "estimate": est,
+            "settings": full,
         }
         (out / "probe.json").write_text(json.dumps(results, indent=2, default=str))
-        print(f"{name}: probe {time.perf_counter() - t0:.0f}s; whole schedule ~{est['linear_gpu_days']:.3g}"
-              f"-{est['flat_gpu_days']:.3g} days (linear-flat)", file=sys.stderr, flush=True)
+        print(
+            f"{name}: probe {time.perf_counter() - t0:.0f}s; whole schedule ~{est['linear_gpu_days']:.3g}"
+            f"-{est['flat_gpu_days']:.3g} days (linear-flat)",
+            file=sys.stderr,
+            flush=True,
+        )
     print(json.dumps({n: r["estimate"] for n, r in results["schedules"].items()}, indent=2))
     return 0
 

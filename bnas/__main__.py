@@ -26,10 +26,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from bnas.binarization import BINARIZATIONS, BinarySpec
+from bnas.binarization import BinarySpec
 from bnas.config import ConfigError, ExperimentConfig, describe_settings, load_config, parse_overrides
 from bnas.genotype import GenotypeError, load_genotype
+from bnas.logs import info, show_progress
 from bnas.registry import UnknownNameError
+from bnas.settings import build
 
 #: Errors that are the user's to fix: reported in one paragraph, exit status 2, no traceback.
 #: (bnas.data's DatasetNotFoundError too; it is checked lazily, so `summary` never imports the data stack.)
@@ -188,7 +190,8 @@ def _search(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if args.network:
         overrides["network"] = args.network
     cfg = _config(args.config, overrides, args.data_root, environ)
-    res = run_search(cfg, Path(args.out), resume=not args.no_resume, log=None if args.quiet else print)
+    show_progress(stderr=False)
+    res = run_search(cfg, Path(args.out), resume=not args.no_resume, log=None if args.quiet else info)
     summary = {"genotype": res.genotype.to_dict(), "digest": res.genotype.digest}
     print(json.dumps({**summary, **{k: res.final[k] for k in ("derived_val_acc", "search_time_s")}}))
     return 0
@@ -205,33 +208,47 @@ def _retrain(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     cfg = _config(args.config, overrides, args.data_root, environ)
     genotype = load_genotype(args.genotype)
 
-    def log(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
-
-    final = retrain(cfg, genotype, args.out, resume=not args.no_resume, log=None if args.quiet else log)
+    show_progress(stderr=True)  # stdout holds the final JSON
+    final = retrain(cfg, genotype, args.out, resume=not args.no_resume, log=None if args.quiet else info)
     print(json.dumps(final, sort_keys=True))
     return 0
 
 
 def _summary(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from bnas.model_size import size_report
-    from bnas.networks import NETWORKS, build_eval_network
+    from bnas.networks import build_eval_network
 
     if args.num_classes is None:  # the benchmark of the layout: CIFAR-10 or ImageNet-1k
         args.num_classes = 1000 if args.network == "imagenet" else 10
-    for key, value, least in (
-        ("channels", args.channels, 1),
-        ("layers", args.layers, 3),
-        ("num-classes", args.num_classes, 1),
-        ("in-channels", args.in_channels, 1),
-    ):
-        if value < least:
-            raise ConfigError(f"must be >= {least}, got {value}", "summary", f"--{key}")
-    BINARIZATIONS.get(args.binarization)
-    NETWORKS.get(args.network)
-    if args.network == "imagenet" and args.channels % 2:
-        raise ConfigError(f"the ImageNet stem halves C: must be even, got {args.channels}", "summary",
-                          "--channels")
+    # The network's settings are checked by the sections' own rules (bounds, registries, the ImageNet
+    # stem's even C), each problem named by the flag that gave it.
+    flags = {
+        "retrain.init_channels": "--channels",
+        "retrain.layers": "--layers",
+        "binarization.method": "--binarization",
+        "network": "--network",
+    }
+    try:
+        build(
+            ExperimentConfig,
+            {
+                "network": args.network,
+                "binarization": {"method": args.binarization, "activations": args.activations},
+                "retrain": {"init_channels": args.channels, "layers": args.layers},
+            },
+        )
+    except ConfigError as e:
+
+        def as_flags(text: str) -> str:
+            for key, flag in flags.items():
+                text = text.replace(key, flag)
+            return text
+
+        problems = [(flags.get(k or "", k), as_flags(m)) for k, m in e.problems]
+        raise ConfigError.collect(problems, "summary") from None
+    for key, value in (("--num-classes", args.num_classes), ("--in-channels", args.in_channels)):
+        if value < 1:  # the data's figures, not settings
+            raise ConfigError(f"must be >= 1, got {value}", "summary", key)
     genotype = load_genotype(args.genotype)
     model = build_eval_network(
         args.network,
@@ -294,7 +311,10 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
     try:
         args = _parser().parse_args(argv)
         handler = {
-            "retrain": _retrain, "summary": _summary, "settings": _settings, "search": _search,
+            "retrain": _retrain,
+            "summary": _summary,
+            "settings": _settings,
+            "search": _search,
             "export": _export,
         }
         return handler[args.command](args, environ or {})

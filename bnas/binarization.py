@@ -287,9 +287,18 @@ class BinaryConv2d(nn.Conv2d):
     activations the input is binarized too (sign, clipped STE).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 padding: int = 0, dilation: int = 1, groups: int = 1, bias: bool = False,
-                 spec: BinarySpec | None = None) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        dilation: int = 1,
+        groups: int = 1,
+        bias: bool = False,
+        spec: BinarySpec | None = None,
+    ) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
         spec = spec or BinarySpec()
         self.spec = spec

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import difflib
+from collections.abc import Iterable, Sequence
 
 #: One configuration problem: the dotted key it concerns (None for the file as a whole) and what is
 #: wrong with it, naming the value and what would be valid.
@@ -40,3 +41,11 @@ class ConfigError(ValueError):
             raise ValueError("ConfigError.collect needs at least one problem")
         key, message = problems[0]
         return cls(message, source, key, problems=problems)
+
+
+def did_you_mean(value: object, valid: Iterable[str], n: int = 1) -> str:
+    """``" (did you mean 'x'?)"`` naming the closest of ``valid`` to ``value`` (up to ``n``, by
+    :func:`difflib.get_close_matches`), or ``""`` when none is close: the hint of every "unknown name"
+    error of the project."""
+    close = difflib.get_close_matches(str(value), list(valid), n=n)
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""

@@ -38,13 +38,22 @@ def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
 
 
 class EvalCell(nn.Module):
-    def __init__(self, genotype: Genotype, C_prev_prev: int, C_prev: int, C: int, reduction: bool,
-                 reduction_prev: bool, spec: BinarySpec) -> None:
+    def __init__(
+        self,
+        genotype: Genotype,
+        C_prev_prev: int,
+        C_prev: int,
+        C: int,
+        reduction: bool,
+        reduction_prev: bool,
+        spec: BinarySpec,
+    ) -> None:
         super().__init__()
         self.reduction = reduction
         # After a reduction cell the older input is halved with a full-precision factorized reduce [C].
         self.preprocess0: nn.Module = (
-            FactorizedReduce(C_prev_prev, C, affine=True, spec=None) if reduction_prev
+            FactorizedReduce(C_prev_prev, C, affine=True, spec=None)
+            if reduction_prev
             else ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine=True, spec=spec)
         )
         self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=True, spec=spec)
@@ -138,9 +147,16 @@ class AuxiliaryHeadImageNet(nn.Module):
         return self.classifier(x.flatten(1))
 
 
-def build_cells(genotype: Genotype, layers: int, C_prev_prev: int, C_prev: int, C_curr: int,
-                reduction_prev: bool, aux_index: int,
-                spec: BinarySpec) -> tuple[nn.ModuleList, int, int | None]:
+def build_cells(
+    genotype: Genotype,
+    layers: int,
+    C_prev_prev: int,
+    C_prev: int,
+    C_curr: int,
+    reduction_prev: bool,
+    aux_index: int,
+    spec: BinarySpec,
+) -> tuple[nn.ModuleList, int, int | None]:
     """The DARTS cell stack [C]: ``layers`` cells, reduction (channels doubled) at 1/3 and 2/3 depth.
 
     Shared by the CIFAR and ImageNet layouts, which differ only in their stems (and so in the first
@@ -179,8 +195,9 @@ def batched_binarization(net: nn.Module) -> Iterator[None]:
         yield
 
 
-def cells_forward(net: nn.Module, s0: torch.Tensor,
-                  s1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+def cells_forward(
+    net: nn.Module, s0: torch.Tensor, s1: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The cell stack and heads of both layouts after their stems: (logits, auxiliary logits while
     training, else None). ``net`` has ``cells``, ``aux_index``, ``auxiliary_head``, ``global_pooling``,
     ``classifier`` and ``drop_path_prob`` (:class:`EvalNetwork`, :class:`EvalNetworkImageNet`)."""
@@ -200,9 +217,18 @@ class EvalNetwork(nn.Module):
     auxiliary head. Set ``drop_path_prob`` before each epoch (the retraining ramps it linearly).
     """
 
-    def __init__(self, genotype: Genotype, C: int = 36, num_classes: int = 10, layers: int = 20,
-                 auxiliary: bool = True, spec: BinarySpec | None = None, stem_multiplier: int = 3,
-                 in_channels: int = 3, bn_eps: float = 1e-3) -> None:
+    def __init__(
+        self,
+        genotype: Genotype,
+        C: int = 36,
+        num_classes: int = 10,
+        layers: int = 20,
+        auxiliary: bool = True,
+        spec: BinarySpec | None = None,
+        stem_multiplier: int = 3,
+        in_channels: int = 3,
+        bn_eps: float = 1e-3,
+    ) -> None:
         super().__init__()
         if layers < 3:
             raise ValueError(f"layers must be >= 3 (two reduction cells and one normal), got {layers}")
@@ -211,12 +237,14 @@ class EvalNetwork(nn.Module):
         self.network = "cifar"
         self.drop_path_prob = 0.0
         C_curr = stem_multiplier * C
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False),
-                                  nn.BatchNorm2d(C_curr))
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr)
+        )
         C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
         self.aux_index = 2 * layers // 3
-        self.cells, C_prev, C_aux = build_cells(genotype, layers, C_prev_prev, C_prev, C_curr, False,
-                                                self.aux_index, spec)
+        self.cells, C_prev, C_aux = build_cells(
+            genotype, layers, C_prev_prev, C_prev, C_curr, False, self.aux_index, spec
+        )
         self.auxiliary_head = AuxiliaryHead(C_aux, num_classes) if auxiliary else None
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_prev, num_classes)
@@ -238,9 +266,17 @@ class EvalNetworkImageNet(nn.Module):
     treat both layouts alike); :meth:`build_args` gives the constructor arguments of the export header.
     """
 
-    def __init__(self, genotype: Genotype, C: int = 48, num_classes: int = 1000, layers: int = 14,
-                 auxiliary: bool = True, spec: BinarySpec | None = None, in_channels: int = 3,
-                 bn_eps: float = 1e-3) -> None:
+    def __init__(
+        self,
+        genotype: Genotype,
+        C: int = 48,
+        num_classes: int = 1000,
+        layers: int = 14,
+        auxiliary: bool = True,
+        spec: BinarySpec | None = None,
+        in_channels: int = 3,
+        bn_eps: float = 1e-3,
+    ) -> None:
         super().__init__()
         if layers < 3:
             raise ValueError(f"layers must be >= 3 (two reduction cells and one normal), got {layers}")
@@ -255,8 +291,9 @@ class EvalNetworkImageNet(nn.Module):
         # like the cell after a reduction does, with a full-precision factorized reduce [C].
         reduction_prev = True
         self.aux_index = 2 * layers // 3
-        self.cells, C_prev, C_aux = build_cells(genotype, layers, C_prev_prev, C_prev, C_curr,
-                                                reduction_prev, self.aux_index, spec)
+        self.cells, C_prev, C_aux = build_cells(
+            genotype, layers, C_prev_prev, C_prev, C_curr, reduction_prev, self.aux_index, spec
+        )
         self.auxiliary_head = AuxiliaryHeadImageNet(C_aux, num_classes) if auxiliary else None
         # DARTS pools the 7x7 maps with AvgPool2d(7); adaptive pooling is the same there and works at
         # any input size.

@@ -177,7 +177,12 @@ def fold_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d | None, absorb_binary_scale: b
             # (w1a1), where sums that are exactly 0 in the trained network must stay exactly 0.
             scale, weight_scale = s, a
         return FoldedConv2d(
-            signs, **_conv_kwargs(conv), binary=True, sign_input=sign_input, scale=scale, bias=t,
+            signs,
+            **_conv_kwargs(conv),
+            binary=True,
+            sign_input=sign_input,
+            scale=scale,
+            bias=t,
             weight_scale=weight_scale,
         )
     w = (conv.binarized_weight() if isinstance(conv, BinaryConv2d) else conv.weight).detach().double()

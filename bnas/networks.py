@@ -40,10 +40,22 @@ class NetworkLayout:
 
 
 NETWORKS: Registry[NetworkLayout] = Registry("network")
-NETWORKS.add("cifar", NetworkLayout("cifar", EvalNetwork, SuperNetwork, "cifar",
-                                    "DARTS NetworkCIFAR: 3x3 stem at full resolution"))
-NETWORKS.add("imagenet", NetworkLayout("imagenet", EvalNetworkImageNet, SuperNetworkImageNet, "imagenet",
-                                       "DARTS NetworkImageNet: stems stride 8 (224 -> 28 px)"))
+NETWORKS.add(
+    "cifar",
+    NetworkLayout(
+        "cifar", EvalNetwork, SuperNetwork, "cifar", "DARTS NetworkCIFAR: 3x3 stem at full resolution"
+    ),
+)
+NETWORKS.add(
+    "imagenet",
+    NetworkLayout(
+        "imagenet",
+        EvalNetworkImageNet,
+        SuperNetworkImageNet,
+        "imagenet",
+        "DARTS NetworkImageNet: stems stride 8 (224 -> 28 px)",
+    ),
+)
 
 
 def build_eval_network(layout: str, genotype: Any, **kwargs: Any) -> nn.Module:

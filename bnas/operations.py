@@ -42,8 +42,16 @@ def _pre_act(spec: BinarySpec | None) -> nn.Module:
 class ReLUConvBN(nn.Module):
     """ReLU -> (binary) conv -> BN: the cells' 1x1 pre-processing."""
 
-    def __init__(self, C_in: int, C_out: int, kernel_size: int, stride: int, padding: int,
-                 affine: bool = True, spec: BinarySpec | None = None) -> None:
+    def __init__(
+        self,
+        C_in: int,
+        C_out: int,
+        kernel_size: int,
+        stride: int,
+        padding: int,
+        affine: bool = True,
+        spec: BinarySpec | None = None,
+    ) -> None:
         super().__init__()
         spec = spec or BinarySpec()
         self.op = nn.Sequential(
@@ -59,8 +67,17 @@ class ReLUConvBN(nn.Module):
 class DilConv(nn.Module):
     """ReLU -> binary depthwise kxk (dilated) -> binary pointwise 1x1 -> BN."""
 
-    def __init__(self, C_in: int, C_out: int, kernel_size: int, stride: int, padding: int,
-                 dilation: int, affine: bool = True, spec: BinarySpec | None = None) -> None:
+    def __init__(
+        self,
+        C_in: int,
+        C_out: int,
+        kernel_size: int,
+        stride: int,
+        padding: int,
+        dilation: int,
+        affine: bool = True,
+        spec: BinarySpec | None = None,
+    ) -> None:
         super().__init__()
         spec = spec or BinarySpec()
         self.op = nn.Sequential(
@@ -77,8 +94,16 @@ class DilConv(nn.Module):
 class SepConv(nn.Module):
     """Two DilConv blocks with dilation 1; only the first one strides (DARTS)."""
 
-    def __init__(self, C_in: int, C_out: int, kernel_size: int, stride: int, padding: int,
-                 affine: bool = True, spec: BinarySpec | None = None) -> None:
+    def __init__(
+        self,
+        C_in: int,
+        C_out: int,
+        kernel_size: int,
+        stride: int,
+        padding: int,
+        affine: bool = True,
+        spec: BinarySpec | None = None,
+    ) -> None:
         super().__init__()
         self.op = nn.Sequential(
             DilConv(C_in, C_in, kernel_size, stride, padding, 1, affine, spec),

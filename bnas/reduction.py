@@ -39,6 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from bnas.logs import info
 from bnas.registry import Registry
 from bnas.search_space import CELL_TYPES
 from bnas.supernet import Selection
@@ -62,7 +63,7 @@ class ReductionContext:
     probs: dict[str, list[list[float]]]
     evaluate: Callable[[list[Selection]], list[float]]
     rng: random.Random
-    log: Callable[[str], None] = print
+    log: Callable[[str], None] = info
 
 
 @dataclass

@@ -18,11 +18,12 @@ evaluation network and the augmentation family. Reported losses are the main hea
 (no auxiliary or projection term), accuracies are fractions in [0, 1].
 
 The run is a loop of epochs over the run skeleton of :mod:`bnas.training`. Files in ``out_dir``:
-``config.json`` (the resolved configuration), ``genotype.json``, ``checkpoint.pt`` (after every epoch,
-written atomically: model, optimizer, scheduler, epoch, random states, metrics so far; it belongs to
-the run with the same result-changing settings and genotype), ``metrics.jsonl`` (one line per epoch,
-rewritten from the checkpoint's metrics), and at the end ``final.json`` and ``model.bnas`` (the packed
-export, :mod:`bnas.export`).
+``config.json`` (the resolved configuration), ``genotype.json``, ``checkpoint.pt`` (every
+``retrain.checkpoint_every`` epochs and after the last, written atomically: model, optimizer,
+scheduler, epoch, random states, metrics so far; it belongs to the run with the same result-changing
+settings and genotype), ``metrics.jsonl`` (one line per epoch; a run resumed between checkpoints
+rewrites it from the checkpoint's metrics and repeats those epochs), and at the end ``final.json``
+and ``model.bnas`` (the packed export, :mod:`bnas.export`).
 
 Reproducibility: the data order and augmentation of epoch ``e`` are reseeded from ``(seed, e)``
 (:func:`~bnas.training.derive_seed`) and the run's random state (drop path) is saved in the
@@ -49,6 +50,7 @@ from bnas.data import DatasetInfo, describe_classes, is_class_folder, reseed_loa
 from bnas.eval_network import EvalNetwork
 from bnas.export import export_packed
 from bnas.genotype import Genotype
+from bnas.logs import info
 from bnas.model_size import size_report
 from bnas.networks import NETWORKS, build_eval_network
 from bnas.runtime import (
@@ -199,16 +201,18 @@ def retrain(
     *,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     resume: bool = True,
-    log: Log = print,
+    log: Log = info,
 ) -> dict[str, Any]:
     """Train ``genotype``'s evaluation network per ``cfg``; return the final metrics and size report.
 
-    ``on_epoch(metrics)`` runs after each epoch's checkpoint is on disk, with ``epoch`` (1-based),
+    ``on_epoch(metrics)`` runs after each epoch's files are on disk (its checkpoint too, on the
+    ``retrain.checkpoint_every`` cadence), with ``epoch`` (1-based),
     ``epochs``, ``train_loss``, ``train_acc``, ``test_loss``, ``test_acc``, ``lr``, ``drop_path_prob``
     and ``elapsed_s`` (training time so far, resumed sessions included). With ``resume`` an existing
     ``out_dir/checkpoint.pt`` of the same run is continued (a checkpoint of another run, or one that is
     not plain data, raises :class:`~bnas.errors.ConfigError` before any work); without it, or without a
-    checkpoint, earlier results in ``out_dir`` are removed. ``log`` receives progress lines (None: silent).
+    checkpoint, earlier results in ``out_dir`` are removed.
+    ``log`` receives progress lines (default: the ``bnas`` logger, :mod:`bnas.logs`; None: silent).
 
     Returns ``test_acc``, ``test_loss``, ``train_acc``, ``train_loss``, ``epochs``, ``wall_time_s``,
     ``genotype_digest``, ``config_digest``, ``method``, ``seed``, ``device`` and the keys of
@@ -311,9 +315,12 @@ def _retrain(
             "elapsed_s": elapsed_before + time.perf_counter() - session_t0,
         }
         history.append(metrics)
+        checkpoint = (epoch + 1) % r.checkpoint_every == 0 or epoch + 1 == r.epochs
         with timer("checkpoint"):
             folder.end_epoch(
-                {
+                None
+                if not checkpoint
+                else {
                     "epoch": epoch + 1,
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),

@@ -3,26 +3,22 @@
 Per stage (method.md section 6): ``L`` super-network epochs (weights with SGD on the train split,
 alpha/beta with Adam on the validation split, first order, :class:`~bnas.architect.Architect`;
 alpha/beta frozen for the first ``W`` epochs of the first stage), then the reduction strategy removes
-one operation per edge. Every strategy runs the same number of stages and super-network epochs
-(``none`` simply removes nothing), so their costs compare directly. At the end the genotype is derived
-(method.md section 7, :func:`bnas.genotype.derive_genotype`) and scored by ``derived_val_acc``: the
-validation accuracy of the derived discrete cells run with the super-network's shared weights, the one
-figure comparable across all pruning strategies.
+one operation per edge. Every strategy runs the same stages and epochs (``none`` removes nothing), so
+their costs compare directly. At the end the genotype is derived (method.md section 7,
+:func:`bnas.derivation.derive_genotype`) and scored by ``derived_val_acc``, the validation accuracy
+of the derived cells with the shared weights: the one figure comparable across all strategies.
 
-The weight optimizer (SGD) lives for the whole search: a reduction prunes the removed operations'
-parameters and their momentum from it (:func:`bnas.training.prune_optimizer`), so torch's
-``CosineAnnealingLR`` runs over all ``stages * L`` super-network epochs (PC-DARTS); the sampled
-sub-networks of a reduction train at the learning rate of the epoch that follows it.
+The SGD weight optimizer lives for the whole search (a reduction prunes the removed operations'
+parameters and momentum, :func:`bnas.training.prune_optimizer`), so ``CosineAnnealingLR`` spans all
+``stages * L`` epochs (PC-DARTS); sampled sub-networks train at the next epoch's learning rate.
 
 The search is a loop of epochs over the run skeleton of :mod:`bnas.training`: :class:`SearchState` is
-the checkpoint (written every ``search.checkpoint_every`` super-network epochs and after every
-reduction; the identity rule lets a search resume on another device or data path); the super-network
-is validated every ``search.validate_every`` epochs and in the last; every epoch and every reduction
-reseeds its random streams from (seed, position) (:func:`~bnas.training.derive_seed`), so a
-killed-and-resumed search on the CPU ends with the same genotype as an uninterrupted one; the caller's
-random state is left untouched; wall seconds per phase (:data:`PHASES`) go to ``final.json``.
-
-Core only: no Ray, no MLflow, no argparse (``python -m bnas search`` is in :mod:`bnas.__main__`).
+the checkpoint (every ``search.checkpoint_every`` epochs and after every reduction; the identity rule
+lets a search resume on another device or data path); the super-network is validated every
+``search.validate_every`` epochs and in the last; every epoch and reduction reseeds its random
+streams from (seed, position) (:func:`~bnas.training.derive_seed`), so a killed-and-resumed search on
+the CPU ends with the uninterrupted genotype; the caller's random state is left untouched; wall
+seconds per phase (:data:`PHASES`) go to ``final.json``. Core only: no Ray, no MLflow, no argparse.
 """
 
 from __future__ import annotations
@@ -41,14 +37,12 @@ from torch import nn
 from bnas.accel import FastPath
 from bnas.architect import Architect
 from bnas.binarization import BinarySpec, projection_loss, reset_projection_terms
-from bnas.config import ConfigError, ExperimentConfig, require_phase
+from bnas.config import ExperimentConfig, require_phase
 from bnas.data import describe_classes, is_class_folder, search_loaders
 from bnas.derivation import derive_genotype
-from bnas.diagnostics import (
-    degenerate_cells,
-    param_free_share,
-)
+from bnas.diagnostics import degenerate_cells, param_free_share
 from bnas.genotype import Genotype
+from bnas.logs import info
 from bnas.networks import NETWORKS
 from bnas.reduction import ReductionContext, make_strategy
 from bnas.runtime import (
@@ -61,24 +55,9 @@ from bnas.runtime import (
     seed_everything,
 )
 from bnas.search_state import SearchState
-from bnas.subnet_scoring import (  # noqa: F401  (batch_statistics, SubnetScore: re-exported)
-    _EVAL,
-    _REDUCE_SUBNET,
-    SharedWeightScoring,
-    SubnetScore,
-    _cycle,
-    _reseed,
-    batch_statistics,
-)
+from bnas.subnet_scoring import _EVAL, _REDUCE_SUBNET, SharedWeightScoring, _cycle, _reseed, batch_statistics
 from bnas.supernet import CELL_TYPES, Selection
-from bnas.training import (
-    PhaseTimer,
-    RunFolder,
-    derive_seed,
-    isolated_rng,
-    prune_optimizer,
-    timed_batches,
-)
+from bnas.training import PhaseTimer, RunFolder, derive_seed, isolated_rng, prune_optimizer, timed_batches
 
 #: Seed streams of :func:`~bnas.training.derive_seed` (the first part after the base seed); those of the
 #: sub-networks and the proxy (5, 7, 8, 99) are :mod:`bnas.subnet_scoring`'s.
@@ -101,6 +80,9 @@ PHASES = (
     "checkpoint",
     "derive",
 )
+
+#: The cell figures that ``diagnostics.json`` repeats beside its per-stage decisions (and both proxies).
+CELL_DIAGNOSTICS = ("param_free_normal", "param_free_reduce", "degenerate_cells", "param_free_capped")
 
 
 @dataclass
@@ -128,7 +110,7 @@ class Search(SharedWeightScoring):
         self,
         cfg: ExperimentConfig,
         out_dir: str | Path,
-        log: Callable[[str], None] | None = print,
+        log: Callable[[str], None] | None = info,
         resume: bool = True,
     ) -> None:
         self.cfg = cfg
@@ -138,12 +120,7 @@ class Search(SharedWeightScoring):
         sc, rc = cfg.search, cfg.reduction
         n_ops = len(sc.candidate_ops())
         self.n_stages = rc.stages if rc.stages is not None else max(n_ops - 1, 1)
-        if make_strategy(rc).reduces and self.n_stages > n_ops - 1:
-            raise ConfigError(
-                f"{self.n_stages} stages would remove more than the {n_ops - 1} ops that can "
-                f"go from {n_ops} per edge",
-                key="reduction.stages",
-            )
+        # (more stages than ops can go is refused by the configuration: ExperimentConfig's rules)
         self.total_epochs = self.n_stages * rc.epochs_per_stage
         require_phase(cfg, "search")  # a split smaller than one batch: refused before any folder exists
         self.folder = RunFolder(out_dir, cfg.result_identity(), OUTPUTS)
@@ -486,17 +463,7 @@ class Search(SharedWeightScoring):
                 "diagnostics.json",
                 {
                     "stages": [{"stage": r["stage"], **r.get("diagnostics", {})} for r in st.stages],
-                    "final": {
-                        k: final[k]
-                        for k in (
-                            "param_free_normal",
-                            "param_free_reduce",
-                            "degenerate_cells",
-                            "param_free_capped",
-                            "derived_val_acc",
-                            "proxy_val_acc",
-                        )
-                    },
+                    "final": {k: final[k] for k in (*CELL_DIAGNOSTICS, "derived_val_acc", "proxy_val_acc")},
                 },
             )
             self.folder.write_final({**final, "stage_times": st.stages})
@@ -521,7 +488,7 @@ def run_search(
     *,
     on_epoch: Callable[[dict], None] | None = None,
     resume: bool = True,
-    log: Callable[[str], None] | None = print,
+    log: Callable[[str], None] | None = info,
 ) -> SearchResult:
     """Run (or resume) one BNAS search; see :class:`Search`. Files land in ``out_dir``."""
     return Search(cfg, out_dir, log=log, resume=resume).run(on_epoch)

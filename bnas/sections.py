@@ -320,6 +320,14 @@ class RetrainConfig(Section):
     max_batches_per_epoch: int | None = setting(
         None, "[D]", "cap on batches per epoch (CPU-sized runs); null = the whole split", ge=1
     )
+    checkpoint_every: int = setting(
+        5,
+        "[D]",
+        "write checkpoint.pt every N epochs and after the last (search.checkpoint_every's rule); results "
+        "do not change: a resumed run repeats the uninterrupted one",
+        ge=1,
+        affects_results=False,
+    )
     label_smoothing: float = setting(
         0.0, "[C]", "label smoothing of the training loss (DARTS / PC-DARTS ImageNet: 0.1)", ge=0, lt=1
     )

@@ -21,7 +21,8 @@ checks with ints accepted as floats and NaN refused, bounds, choices that may be
 marks for the provenance table, and all problems of a file at once with its name in every line.
 Studies of the platform (:mod:`bnas.platform.study`) are declared with the same layer.
 
-It imports nothing from the project but :mod:`bnas.errors`; reading YAML files and ``--set``
+It imports nothing from the project but :mod:`bnas.errors` and :mod:`bnas.setting_types` (the type
+converters); reading YAML files and ``--set``
 overrides is :mod:`bnas.config`'s part.
 """
 
@@ -29,16 +30,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import functools
-import math
-import types
 import typing
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from bnas.errors import ConfigError, Problem
+from bnas.errors import ConfigError, Problem, did_you_mean
+from bnas.setting_types import Invalid, alternatives, compile_type, type_name
 
 #: The provenance marks a setting may carry (see the module docstring).
 MARKS = ("[P]", "[C]", "[R]", "[D]")
@@ -184,120 +183,6 @@ class Section:
 
 
 # --------------------------------------------------------------------------------------------
-# Types: each annotation is compiled once into a converter that returns the value or raises
-# --------------------------------------------------------------------------------------------
-
-
-class _Invalid(Exception):
-    def __init__(self, message: str, where: str = "") -> None:
-        self.message, self.where = message, where
-
-
-def _is_nan(v: Any) -> bool:
-    return isinstance(v, float) and math.isnan(v)
-
-
-def type_name(tp: Any) -> str:
-    """How an annotation reads in an error message: ``int or null``, ``'real' or 'binary'``..."""
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return " or ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(type_name(a) for a in typing.get_args(tp))
-    if origin is list:
-        return f"list of {type_name(typing.get_args(tp)[0])}"
-    if origin is dict or tp is dict:
-        return "mapping"
-    if tp is type(None):
-        return "null"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _alternatives(tp: Any) -> str:
-    """The non-numeric values a numeric union admits, as ``" or null"``/``" or auto"`` (for bounds)."""
-    if typing.get_origin(tp) not in (typing.Union, types.UnionType):
-        return ""
-    alts = []
-    for a in typing.get_args(tp):
-        if a is type(None):
-            alts.append("null")
-        elif typing.get_origin(a) is Literal:
-            alts += [str(v) for v in typing.get_args(a)]
-    return "".join(f" or {a}" for a in alts)
-
-
-def _compile(tp: Any) -> Callable[[Any], Any]:
-    origin, args, name = typing.get_origin(tp), typing.get_args(tp), type_name(tp)
-
-    def fail(v: Any) -> _Invalid:
-        return _Invalid(f"expected {name}, got {'NaN (not a number)' if _is_nan(v) else repr(v)}")
-
-    if origin in (typing.Union, types.UnionType):
-        subs = [_compile(a) for a in args]
-
-        def conv(v: Any) -> Any:
-            if not _is_nan(v):
-                for sub in subs:
-                    try:
-                        return sub(v)
-                    except _Invalid:
-                        pass
-            raise fail(v)
-
-    elif origin is Literal:
-
-        def conv(v: Any) -> Any:
-            if isinstance(v, str | int) and not isinstance(v, bool) and v in args:
-                return v
-            raise fail(v)
-
-    elif origin is list:
-        item = _compile(args[0])
-
-        def conv(v: Any) -> Any:
-            if not isinstance(v, list | tuple):
-                raise fail(v)
-            out = []
-            for i, x in enumerate(v):
-                try:
-                    out.append(item(x))
-                except _Invalid as e:
-                    raise _Invalid(e.message, f"[{i}]{e.where}") from None
-            return out
-
-    elif origin is dict or tp is dict:
-
-        def conv(v: Any) -> Any:
-            if isinstance(v, dict):
-                return v
-            raise fail(v)
-
-    elif tp is Any:
-
-        def conv(v: Any) -> Any:
-            return v
-
-    elif tp in (type(None), bool, int, float, str):
-        # bools are ints in Python, but a YAML ``true`` where a count belongs is a mistake.
-        ok = {
-            type(None): lambda v: v is None,
-            bool: lambda v: isinstance(v, bool),
-            int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-            float: lambda v: isinstance(v, int | float) and not isinstance(v, bool) and not _is_nan(v),
-            str: lambda v: isinstance(v, str),
-        }[tp]
-
-        def conv(v: Any) -> Any:
-            if ok(v):
-                return float(v) if tp is float else v
-            raise fail(v)
-
-    else:  # pragma: no cover - a programming error in a section declaration
-        raise TypeError(f"unsupported setting type {tp!r}")
-    return conv
-
-
-# --------------------------------------------------------------------------------------------
 # The schema of a section class, computed once
 # --------------------------------------------------------------------------------------------
 
@@ -339,7 +224,7 @@ def schema(cls: type) -> _Schema:
             out.append(_Field(f.name, tp, "sections", item, f.metadata.get("setting"), None, "", f))
         else:
             decl = f.metadata.get("setting")
-            out.append(_Field(f.name, tp, "value", None, decl, _compile(tp), _alternatives(tp), f))
+            out.append(_Field(f.name, tp, "value", None, decl, compile_type(tp), alternatives(tp), f))
     rules = []
     for klass in reversed(cls.__mro__):
         for attr in vars(klass).values():
@@ -392,7 +277,7 @@ def validate(obj: Any, prefix: str = "", skip: frozenset[str] = frozenset()) -> 
         else:
             try:
                 converted = f.convert(value)
-            except _Invalid as e:
+            except Invalid as e:
                 problems.append((key + e.where, e.message))
                 continue
             if converted is not value:
@@ -417,9 +302,7 @@ def validate(obj: Any, prefix: str = "", skip: frozenset[str] = frozenset()) -> 
 
 def unknown_key(key: str, valid: Sequence[str]) -> str:
     """The problem text of an unknown key, suggesting the closest valid one."""
-    close = difflib.get_close_matches(str(key), list(valid), n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"unknown key{hint}; valid keys here: {', '.join(valid)}"
+    return f"unknown key{did_you_mean(key, valid)}; valid keys here: {', '.join(valid)}"
 
 
 def _draft(cls: type[S], data: Any, prefix: str, problems: list[Problem], bad: set[str]) -> S:

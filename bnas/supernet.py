@@ -109,7 +109,7 @@ def grouped_batch_norm(net: nn.Module, group: int) -> Iterator[None]:
     """Inside, every BatchNorm of ``net`` in training mode (batch statistics) normalises each group of
     ``group`` consecutive samples with that group's own statistics, as if each group were its own batch
     (:class:`SelectionBatch` stacks sub-networks along the batch). No running statistics are updated:
-    meant for :func:`bnas.search.batch_statistics` evaluation (momentum 0, where they are not either).
+    meant for :func:`bnas.subnet_scoring.batch_statistics` evaluation (momentum 0, where they are not either).
 
     The groups are laid side by side as channels (``(group, G * C, H, W)``) so that one
     ``F.batch_norm`` computes the G x C statistics, each over the same elements in the same order as a
@@ -421,7 +421,7 @@ class SuperNetwork(nn.Module):
     def forward(self, x: torch.Tensor, selection: Selection | SelectionBatch | None = None) -> torch.Tensor:
         """Logits of the mixed super-network, of one discrete sub-network (``Selection``), or of several
         stacked along the batch (``SelectionBatch`` of G: returns G x the batch, group g = selection g;
-        only in batch-statistics evaluation, :func:`bnas.search.batch_statistics`, where each group's
+        only in batch-statistics evaluation, :func:`bnas.subnet_scoring.batch_statistics`, where each group's
         BN statistics are its own)."""
         if self._batched is None:
             self._batched = BatchedBinarization(self)

@@ -69,7 +69,6 @@ def make_fake_cifar(
     return write_cifar10(root, x_train, y_train, x_test, y_test)
 
 
-
 def make_fake_cifar100(
     root: Path, n_train: int = 200, n_test: int = 100, num_classes: int = 100, seed: int = 0
 ) -> Path:
@@ -174,9 +173,7 @@ def make_image_folder(
 def make_fake_imagenet(root: Path, per_class: int = 6, n_test: int = 2, seed: int = 0) -> Path:
     """A tiny ImageNet-layout folder: ``train/<wnid>/*.JPEG`` and ``val/<wnid>/*.JPEG``, odd sizes."""
     wnids = ("n01440764", "n01443537", "n01484850")
-    return make_image_folder(
-        root, wnids, per_class, n_test, formats=(".JPEG",), test_name="val", seed=seed
-    )
+    return make_image_folder(root, wnids, per_class, n_test, formats=(".JPEG",), test_name="val", seed=seed)
 
 
 # One writer per registered dataset: a new DATASETS entry must add its writer here (a test checks it).

@@ -56,8 +56,17 @@ def test_summary_fp_and_aux_free(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.parametrize(
     "argv,match",
     [
-        (["summary", "--genotype", "bnas_xnor", "--binarization", "ternary"], "unknown binarization method"),
+        (
+            ["summary", "--genotype", "bnas_xnor", "--binarization", "ternary"],
+            "--binarization: unknown name 'ternary'",
+        ),
         (["summary", "--genotype", "bnas_xnor", "--layers", "2"], "--layers: must be >= 3"),
+        (["summary", "--genotype", "bnas_xnor", "--channels", "0"], "--channels: must be >= 1"),
+        (
+            ["summary", "--genotype", "bnas_xnor", "--network", "imagenet", "--channels", "35"],
+            "--channels=35 must be even",
+        ),
+        (["summary", "--genotype", "bnas_xnor", "--num-classes", "0"], "--num-classes: must be >= 1"),
         (["summary", "--genotype", "{bad json"], "malformed JSON"),
         (["retrain", "--genotype", "bnas_xnor", "--out", "x", "--set", "retrain.lrr=1"], "did you mean 'lr'"),
         (

@@ -321,7 +321,7 @@ def test_result_identity_follows_the_marks() -> None:
     cfg = load_config(None, {"device": "cpu", "threads": 1, "data.root": "/x", "data.num_workers": 2})
     skipped = {"device", "threads", "data.root", "data.download", "data.num_workers"}
     skipped |= {k for k in cfg.flat() if k.startswith("runtime.")}  # the fast path (bnas.accel)
-    skipped.add("search.checkpoint_every")  # how often a search saves, not what it computes
+    skipped |= {"search.checkpoint_every", "retrain.checkpoint_every"}  # how often a run saves
     assert cfg.result_identity() == {k: v for k, v in cfg.flat().items() if k not in skipped}
     assert cfg.result_identity() == ExperimentConfig().result_identity()
     assert cfg.result_identity() != load_config(None, {"data.image_size": 16}).result_identity()
@@ -466,3 +466,17 @@ def test_core_cli_refuses_before_any_folder(
     err = capsys.readouterr().err
     assert err.startswith("error: ") and words in err and "Traceback" not in err, err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "value, valid, hint",
+    [
+        ("trails", ["trials", "seed"], " (did you mean 'trials'?)"),
+        ("zzz", ["trials", "seed"], ""),
+        ("sampling_kk", ["sampling_k", "sampling_t", "lr"], " (did you mean 'sampling_k' or 'sampling_t'?)"),
+    ],
+)
+def test_one_did_you_mean_for_every_unknown_name(value: str, valid: list[str], hint: str) -> None:
+    from bnas.errors import did_you_mean
+
+    assert did_you_mean(value, valid, n=2 if "sampling_t" in valid else 1) == hint

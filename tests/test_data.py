@@ -121,7 +121,11 @@ PRECEDENCE_CASES = [
 
 @pytest.mark.parametrize(("flag", "env", "configured", "winner"), PRECEDENCE_CASES)
 def test_resolve_data_root_precedence(
-    flag: str | None, env: str | None, configured: str | None, winner: str, tmp_path: Path,
+    flag: str | None,
+    env: str | None,
+    configured: str | None,
+    winner: str,
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.chdir(tmp_path)

@@ -63,8 +63,9 @@ def test_stems_stride_eight() -> None:
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED_IMAGENET_PARAMS_M))
 def test_parameter_count_matches_the_published_model(name: str) -> None:
-    net = EvalNetworkImageNet(GENOTYPES.get(name), C=48, num_classes=1000, layers=14, auxiliary=False,
-                              spec=BinarySpec("fp"))
+    net = EvalNetworkImageNet(
+        GENOTYPES.get(name), C=48, num_classes=1000, layers=14, auxiliary=False, spec=BinarySpec("fp")
+    )
     params_m = size_report(net)["params"] / 1e6
     # Published figures are rounded to 0.1 M.
     assert params_m == pytest.approx(PUBLISHED_IMAGENET_PARAMS_M[name], abs=0.05)
@@ -73,8 +74,9 @@ def test_parameter_count_matches_the_published_model(name: str) -> None:
 @pytest.mark.parametrize("method", ["xnor", "xnor_channel", "fp"])
 def test_packed_export_round_trip(tmp_path: Path, method: str) -> None:
     torch.manual_seed(0)
-    net = EvalNetworkImageNet(GENOTYPES.get("bnas_xnor"), C=8, num_classes=4, layers=3,
-                              spec=BinarySpec(method))
+    net = EvalNetworkImageNet(
+        GENOTYPES.get("bnas_xnor"), C=8, num_classes=4, layers=3, spec=BinarySpec(method)
+    )
     net.train()
     for _ in range(2):  # move the BN statistics away from their initial values
         net(torch.randn(4, 3, 32, 32))
@@ -125,8 +127,9 @@ def test_network_registry_and_auto_resolution() -> None:
 
 @pytest.mark.parametrize("layout", NETWORKS.names())
 def test_build_eval_network_per_layout(layout: str) -> None:
-    net = build_eval_network(layout, GENOTYPES.get("pc_darts"), C=8, num_classes=3, layers=3,
-                             stem_multiplier=3)
+    net = build_eval_network(
+        layout, GENOTYPES.get("pc_darts"), C=8, num_classes=3, layers=3, stem_multiplier=3
+    )
     assert type(net) is NETWORKS.get(layout).eval_network
     assert net(torch.randn(2, 3, 32, 32))[0].shape == (2, 3)
 
@@ -157,12 +160,23 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _tiny(images: Path, storage: str) -> dict:
     return {
-        "seed": 0, "device": "cpu", "network": "imagenet",
+        "seed": 0,
+        "device": "cpu",
+        "network": "imagenet",
         "data": {"dataset": "folder", "root": str(images), "image_size": 32, "storage": storage},
-        "search": {"layers": 3, "init_channels": 4, "batch_size": 8,
-                   "ops": ["max_pool_3x3", "skip_connect", "sep_conv_3x3"]},
-        "reduction": {"epochs_per_stage": 1, "warmup_epochs": 0, "rounds": 1, "subnet_batch_size": 8,
-                      "subnet_max_batches": 1},
+        "search": {
+            "layers": 3,
+            "init_channels": 4,
+            "batch_size": 8,
+            "ops": ["max_pool_3x3", "skip_connect", "sep_conv_3x3"],
+        },
+        "reduction": {
+            "epochs_per_stage": 1,
+            "warmup_epochs": 0,
+            "rounds": 1,
+            "subnet_batch_size": 8,
+            "subnet_max_batches": 1,
+        },
         "retrain": {"layers": 3, "init_channels": 4, "epochs": 2, "batch_size": 8, "eval_batch_size": 16},
     }
 
@@ -185,25 +199,71 @@ def test_search_then_retrain_through_the_imagenet_networks(
 
 
 def test_cli_retrain_on_a_class_folder(images: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    argv = ["retrain", "--genotype", "pc_darts", "--network", "imagenet", "--channels", "8", "--layers", "3",
-            "--epochs", "1", "--image-size", "32", "--dataset", "folder", "--data-root", str(images),
-            "--device", "cpu", "--out", str(tmp_path / "out"), "--quiet"]
+    argv = [
+        "retrain",
+        "--genotype",
+        "pc_darts",
+        "--network",
+        "imagenet",
+        "--channels",
+        "8",
+        "--layers",
+        "3",
+        "--epochs",
+        "1",
+        "--image-size",
+        "32",
+        "--dataset",
+        "folder",
+        "--data-root",
+        str(images),
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "out"),
+        "--quiet",
+    ]
     assert main(argv, {}) == 0
     final = json.loads(capsys.readouterr().out)
     assert final["dataset"] == "folder" and final["params"] > 0
 
 
-def test_cli_reports_an_unreadable_image_in_one_line(images: Path, tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture) -> None:
+def test_cli_reports_an_unreadable_image_in_one_line(
+    images: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     import shutil
 
     root = shutil.copytree(images, tmp_path / "bad")
     (root / "train" / "bee" / "0003.jpg").write_bytes(b"garbage")
     clear_cache()
-    argv = ["retrain", "--genotype", "pc_darts", "--network", "imagenet", "--channels", "4", "--layers", "3",
-            "--epochs", "1", "--image-size", "32", "--dataset", "folder", "--data-root", str(root),
-            "--device", "cpu", "--out", str(tmp_path / "out"), "--quiet",
-            "--set", "data.storage=stream", "--set", "data.num_workers=1"]
+    argv = [
+        "retrain",
+        "--genotype",
+        "pc_darts",
+        "--network",
+        "imagenet",
+        "--channels",
+        "4",
+        "--layers",
+        "3",
+        "--epochs",
+        "1",
+        "--image-size",
+        "32",
+        "--dataset",
+        "folder",
+        "--data-root",
+        str(root),
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "out"),
+        "--quiet",
+        "--set",
+        "data.storage=stream",
+        "--set",
+        "data.num_workers=1",
+    ]
     assert main(argv, {}) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "0003.jpg" in err and len(err.splitlines()) == 1
@@ -212,8 +272,23 @@ def test_cli_reports_an_unreadable_image_in_one_line(images: Path, tmp_path: Pat
 def test_cli_summary_keys_do_not_depend_on_the_layout(capsys: pytest.CaptureFixture) -> None:
     reports = []
     for layout in NETWORKS.names():
-        assert main(["summary", "--genotype", "bnas_xnor", "--network", layout, "--channels", "8",
-                     "--layers", "5"], {}) == 0
+        assert (
+            main(
+                [
+                    "summary",
+                    "--genotype",
+                    "bnas_xnor",
+                    "--network",
+                    layout,
+                    "--channels",
+                    "8",
+                    "--layers",
+                    "5",
+                ],
+                {},
+            )
+            == 0
+        )
         reports.append(json.loads(capsys.readouterr().out))
     assert reports[0].keys() == reports[1].keys()
     assert reports[0]["num_classes"] == 10 and reports[1]["num_classes"] == 1000

@@ -66,9 +66,7 @@ def test_onnx_matches_the_trained_network(method: str, activations: str, tmp_pat
         assert out.shape == (n, 10)
         assert np.abs(out - ref).max() <= 1e-5 * np.abs(ref).max()
     # Binary weights are stored as +-s: one magnitude per output channel, one conv per binary layer.
-    n_binary = sum(
-        1 for m in fold_network(net).modules() if isinstance(m, FoldedConv2d) and m.binary
-    )
+    n_binary = sum(1 for m in fold_network(net).modules() if isinstance(m, FoldedConv2d) and m.binary)
     one_magnitude = [name for name, _, k in onnx_binary_initializers(path) if k == 1]
     assert len(one_magnitude) == n_binary
     assert (n_binary == 0) == (method == "fp")

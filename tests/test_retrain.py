@@ -53,6 +53,7 @@ def _tiny(root: Path, **extra) -> ExperimentConfig:
         "retrain.eval_batch_size": 32,
         "retrain.cutout": 16,
         "retrain.drop_path_prob": 0.3,
+        "retrain.checkpoint_every": 1,  # the resume tests stop after any epoch
     }
     settings.update(extra)
     return load_config(None, settings)
@@ -103,6 +104,26 @@ def test_resume_gives_the_uninterrupted_result(fake_cifar_root: Path, tmp_path: 
     assert sum(resumed["phase_times_s"].values()) <= resumed["wall_time_s"] + sum(
         resumed["phase_times_s"][p] for p in ("checkpoint", "export")
     )
+
+
+def test_resume_between_checkpoints_repeats_the_uninterrupted_run(
+    fake_cifar_root: Path, tmp_path: Path
+) -> None:
+    """``retrain.checkpoint_every`` = 2 over 4 epochs: checkpoints after epochs 2 and 4; a run stopped
+    after epoch 3 resumes from epoch 2, repeats epoch 3 and ends with the uninterrupted weights, and
+    its metrics file never holds an epoch twice."""
+    cfg = _tiny(fake_cifar_root, **{"retrain.epochs": 4, "retrain.checkpoint_every": 2})
+    retrain(cfg, GENOTYPE, tmp_path / "a", log=None)
+    with pytest.raises(Interrupted):
+        retrain(cfg, GENOTYPE, tmp_path / "b", log=None, on_epoch=_stop_after(3))
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["epoch"] == 2
+    assert [m["epoch"] for m in _metrics(tmp_path / "b")] == [1, 2, 3]  # metrics run ahead of it
+    lines: list[str] = []
+    retrain(cfg, GENOTYPE, tmp_path / "b", log=lines.append)
+    assert any("resuming" in line and "epoch 2/4" in line for line in lines)
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [_untimed(m) for m in _metrics(tmp_path / "a")] == [_untimed(m) for m in _metrics(tmp_path / "b")]
 
 
 def _untimed(metrics: dict) -> dict:

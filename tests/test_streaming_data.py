@@ -193,8 +193,9 @@ def test_storage_stream_is_refused_for_cifar() -> None:
 def test_streamed_batches_repeat_with_workers_and_keep_their_order(folder: Path) -> None:
     runs = []
     for workers in (1, 1, 0):
-        train, _, _ = retrain_loaders(_cfg(folder, storage="stream", num_workers=workers), 6, 6, seed=1,
-                                      transforms="imagenet")
+        train, _, _ = retrain_loaders(
+            _cfg(folder, storage="stream", num_workers=workers), 6, 6, seed=1, transforms="imagenet"
+        )
         runs.append(list(train))
     for (xa, ya), (xb, yb) in zip(runs[0], runs[1], strict=True):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)  # the same seed, the same batches
@@ -245,8 +246,15 @@ def _rss_growth_mib(ds: StreamingImageDataset) -> float:
 def test_streamed_memory_does_not_hold_the_images(tmp_path: Path) -> None:
     """Decoding 1200 images of 96x96 once would hold 33 MiB in memory; streamed, resident memory
     grows by far less (the figures per dataset size: benchmarks/bench_stream_loader.py)."""
-    root = make_image_folder(tmp_path, classes=("a", "b", "c"), per_class=400, n_test=1,
-                             sizes=((96, 96),), formats=(".png",), grayscale_every=0)
+    root = make_image_folder(
+        tmp_path,
+        classes=("a", "b", "c"),
+        per_class=400,
+        n_test=1,
+        sizes=((96, 96),),
+        formats=(".png",),
+        grayscale_every=0,
+    )
     cfg = DataConfig(dataset="folder", root=str(root), image_size=96, storage="stream")
     index = folder_index(cfg)
     ds = StreamingImageDataset(index.root, index.train_files, index.train_labels)

@@ -43,7 +43,7 @@ def _cfg(root: Path, **over: object) -> ExperimentConfig:
         "reduction": {"strategy": "performance", "epochs_per_stage": 1, "warmup_epochs": 0, "rounds": 1,
                       "subnet_batch_size": 16, "subnet_max_batches": 1},
         "retrain": {"layers": 3, "init_channels": 4, "epochs": 2, "batch_size": 16, "eval_batch_size": 32,
-                    "max_batches_per_epoch": 2, "drop_path_prob": 0.2},
+                    "max_batches_per_epoch": 2, "drop_path_prob": 0.2, "checkpoint_every": 1},
     }  # fmt: skip
     for dotted, v in over.items():
         sec, _, key = dotted.partition("__")

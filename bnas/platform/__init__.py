@@ -13,8 +13,9 @@ top-down from ``run.py``:
 * :mod:`~bnas.platform.trainables`      -- the Tune function trainables around ``run_search`` / ``retrain``
 * :mod:`~bnas.platform.callbacks`       -- the driver-side Tune callback that records trials in MLflow
 * :mod:`~bnas.platform.tracking`        -- ``StudyTracker``, the single MLflow writer
-* :mod:`~bnas.platform.tracking_schema` -- the MLflow schema, store URIs and probe, paginated reads and the
-  leaderboard (no Ray: ``analysis/`` reads through it)
+* :mod:`~bnas.platform.tracking_schema` -- the MLflow schema, store URIs and probe, paginated reads (no Ray:
+  ``analysis/`` reads through it)
+* :mod:`~bnas.platform.leaderboard`     -- one row per derived architecture, for the summary and the report
 * :mod:`~bnas.platform.summary`         -- the console summary at the end of a study
 
 Entry point: ``run.py`` at the repository root.

@@ -20,13 +20,13 @@ Nothing here imports Optuna: :meth:`SearchSpace.sample` takes any object with Op
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from bnas.config import ConfigError, apply_overrides
+from bnas.errors import did_you_mean
 
 DOMAINS = ("choice", "float", "int")
 PARAM_KEYS = DOMAINS + ("log", "step", "when")
@@ -162,8 +162,7 @@ def parse_space(raw: Any, source: str, valid_settings: list[str]) -> SearchSpace
     for name, spec in raw.items():
         key = f"space.{name}"
         if name not in valid_settings:
-            close = difflib.get_close_matches(str(name), valid_settings, n=3)
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            hint = did_you_mean(name, valid_settings, n=3)
             raise ConfigError(
                 f"not a setting{hint}; a space parameter is named by the dotted setting it samples, "
                 f"e.g. search.sampling_k",

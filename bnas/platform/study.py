@@ -28,7 +28,7 @@ What needs the cluster (is there a GPU?) or the disk (is the dataset there?) is 
 from __future__ import annotations
 
 import dataclasses
-import difflib
+import functools
 import hashlib
 import inspect
 import json
@@ -50,6 +50,7 @@ from bnas.config import (
     rule,
     setting,
 )
+from bnas.errors import did_you_mean
 from bnas.platform.space import SearchSpace, parse_space, resolved_settings
 from bnas.platform.tracking import SEARCH_FINAL_METRICS
 
@@ -221,8 +222,10 @@ class StudySpec:
         blob = json.dumps(data, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
-    @property
+    @functools.cached_property
     def base_config(self) -> ExperimentConfig:
+        """``fixed`` as a validated configuration, built once (a changed study is a new StudySpec:
+        ``dataclasses.replace``)."""
         return config_from_dict(self.fixed, f"{self.source}: fixed")
 
     def trial_config(
@@ -236,8 +239,10 @@ class StudySpec:
         self, trial_settings: dict[str, Any], seed: int, device: str | None = None, threads: int | None = None
     ) -> ExperimentConfig:
         """A search trial's resolved settings with the retraining overrides and ``seed``."""
+        # Every report to Tune carries a checkpoint: a retried trial resumes from its last epoch.
+        every = {"retrain.checkpoint_every": 1}
         data = apply_overrides(
-            trial_settings, {**self.retrain_overrides, "seed": seed}, source="retrain.overrides"
+            trial_settings, {**every, **self.retrain_overrides, "seed": seed}, source="retrain.overrides"
         )
         return config_from_dict(_placed(data, device, threads), f"{self.source}: retrain.overrides")
 
@@ -277,8 +282,7 @@ def find_study(name_or_path: str, studies_dir: Path = STUDIES_DIR) -> Path:
     if candidate.is_file():
         return candidate.resolve()
     names = list(list_studies(studies_dir))
-    close = difflib.get_close_matches(name_or_path, names, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    hint = did_you_mean(name_or_path, names)
     raise ConfigError(
         f"unknown study {name_or_path!r}{hint}; valid studies in {studies_dir}: "
         f"{', '.join(names) or '(none)'}; or give the path of a study YAML file"
@@ -345,8 +349,7 @@ def load_study(
     retrain_overrides = body.retrain.overrides if isinstance(body.retrain.overrides, dict) else {}
     for key in retrain_overrides:
         if key not in valid_settings:
-            close = difflib.get_close_matches(str(key), valid_settings, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = did_you_mean(key, valid_settings)
             problems.append(
                 (
                     f"retrain.overrides.{key}",

@@ -1,6 +1,6 @@
 """What a study prints at its end: where to look, and the leaderboard of its derived architectures.
 
-The rows are :func:`bnas.platform.tracking_schema.leaderboard`'s, the same aggregation as
+The rows are :func:`bnas.platform.leaderboard.leaderboard`'s, the same aggregation as
 ``analysis.report``'s leaderboard (one row per genotype x retraining binarization, retrained rows
 ranked by mean test accuracy over seeds, the rest by ``derived_val_acc``), cut to the first ``limit``.
 """
@@ -12,16 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from bnas.platform.cluster import ClusterInfo
+from bnas.platform.leaderboard import leaderboard
 from bnas.platform.tracking import StudyTracker
-from bnas.platform.tracking_schema import (
-    PARAM_COLUMN,
-    RETRAIN,
-    SEARCH,
-    Metric,
-    is_number,
-    leaderboard,
-    run_record,
-)
+from bnas.platform.tracking_schema import PARAM_COLUMN, RETRAIN, SEARCH, Metric, is_number, run_record
 
 
 def summarize(

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,17 @@ def _prepare(stage: str) -> Path:
     return out
 
 
+def _progress(setup: TrialSetup) -> Callable[[str], None] | None:
+    """The core's progress lines on the worker's standard output (Ray shows them with the trial's
+    name) when the study is verbose; nothing otherwise."""
+    from bnas.logs import info, show_progress
+
+    if not setup.verbose:
+        return None
+    show_progress()
+    return info
+
+
 def _report(metrics: dict[str, Any], out: Path) -> None:
     tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(out)))
 
@@ -117,7 +129,7 @@ def search_trial(config: dict[str, Any], setup: TrialSetup) -> None:
             return  # no validation this epoch (search.validate_every): the scheduler judges the next one
         _report({**{k: m[k] for k in SEARCH_EPOCH_KEYS if k in m}, **pending, "final": False}, out)
 
-    res = run_search(cfg, out, on_epoch=on_epoch, resume=True, log=print if setup.verbose else None)
+    res = run_search(cfg, out, on_epoch=on_epoch, resume=True, log=_progress(setup))
     retrain_cfg = study.retrain_config(cfg.to_dict(), study.retrain.seeds[0], device="cpu")
     size = size_report(build_network(retrain_cfg, res.genotype, get_info(retrain_cfg.data)))
     save_cell_pictures(res.genotype, out / "cells")
@@ -142,5 +154,5 @@ def retrain_trial(config: dict[str, Any], setup: TrialSetup, candidates: dict[st
     def on_epoch(m: dict[str, Any]) -> None:
         _report({**{k: m[k] for k in RETRAIN_EPOCH_KEYS}, "final": False}, out)
 
-    final = retrain(cfg, genotype, out, on_epoch=on_epoch, resume=True, log=print if setup.verbose else None)
+    final = retrain(cfg, genotype, out, on_epoch=on_epoch, resume=True, log=_progress(setup))
     _report({**{k: final[k] for k in RETRAIN_FINAL_KEYS}, "epoch": final["epochs"], "final": True}, out)

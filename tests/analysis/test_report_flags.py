@@ -10,7 +10,7 @@ import pytest
 
 from analysis.tables import degenerate_cells, match_optuna_trials
 from bnas.genotype import GENOTYPES, Genotype
-from bnas.platform.tracking_schema import chance_margin, leaderboard, near_chance
+from bnas.platform.leaderboard import chance_margin, leaderboard, near_chance
 
 
 def test_chance_margin_is_two_standard_errors_of_guessing_or_of_the_seeds() -> None:

@@ -26,9 +26,31 @@ def test_fast_path_benchmark_at_tiny_size(
 ) -> None:
     bench = _load("bench_fast_path", monkeypatch)
     out = tmp_path / "fast_path.json"
-    assert bench.main(["--device", "cpu", "--size", "tiny", "--variants", "fp32,fast", "--steps", "1",
-                       "--warmup", "1", "--threads", "1", "--data-root", str(fake_cifar_root),
-                       "--work", str(tmp_path / "work"), "--out", str(out)]) == 0
+    assert (
+        bench.main(
+            [
+                "--device",
+                "cpu",
+                "--size",
+                "tiny",
+                "--variants",
+                "fp32,fast",
+                "--steps",
+                "1",
+                "--warmup",
+                "1",
+                "--threads",
+                "1",
+                "--data-root",
+                str(fake_cifar_root),
+                "--work",
+                str(tmp_path / "work"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     data = json.loads(out.read_text())
     rows = {(r["part"], r["variant"]): r for r in data["rows"]}
     assert set(rows) == {("search", "fp32"), ("search", "fast"), ("retrain", "fp32"), ("retrain", "fast")}
@@ -70,9 +92,28 @@ def test_schedule_probe_runs_one_stage_at_the_tiny_scale(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     probe = _load("schedule_probe", monkeypatch)
-    assert probe.main(["--scale", "tiny", "--fake", "--device", "cpu", "--schedules", "bnas_k2",
-                       "--batches", "1", "--subnet-batches", "1", "--set", "threads=1",
-                       "--out", str(tmp_path)]) == 0
+    assert (
+        probe.main(
+            [
+                "--scale",
+                "tiny",
+                "--fake",
+                "--device",
+                "cpu",
+                "--schedules",
+                "bnas_k2",
+                "--batches",
+                "1",
+                "--subnet-batches",
+                "1",
+                "--set",
+                "threads=1",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     res = json.loads((tmp_path / "probe.json").read_text())["schedules"]["bnas_k2"]
     assert res["stage1"]["stage"] == 1 and res["unit_costs_s"]["step"] > 0
     assert 0 < res["estimate"]["linear_s"] <= res["estimate"]["flat_s"]

@@ -10,8 +10,24 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = ["--layers", "3", "--channels", "4", "--batch", "2", "--image-size", "8", "--steps", "2",
-        "--warmup", "0", "--threads", "1", "--ops", "5"]
+TINY = [
+    "--layers",
+    "3",
+    "--channels",
+    "4",
+    "--batch",
+    "2",
+    "--image-size",
+    "8",
+    "--steps",
+    "2",
+    "--warmup",
+    "0",
+    "--threads",
+    "1",
+    "--ops",
+    "5",
+]
 
 
 def _bench(monkeypatch: pytest.MonkeyPatch):
@@ -26,8 +42,24 @@ def test_table_ratios_and_profile(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bench = _bench(monkeypatch)
-    assert bench.main([*TINY, "--variants", "fp:2,xnor:2,pcnn:4", "--arch-step", "--json",
-                       "--profile", "xnor:2", "--profile-steps", "1", "--top", "5"]) == 0
+    assert (
+        bench.main(
+            [
+                *TINY,
+                "--variants",
+                "fp:2,xnor:2,pcnn:4",
+                "--arch-step",
+                "--json",
+                "--profile",
+                "xnor:2",
+                "--profile-steps",
+                "1",
+                "--top",
+                "5",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     rows = json.loads(next(line for line in out.splitlines() if line.startswith("{")))["results"]
     by = {r["variant"]: r for r in rows}

@@ -24,6 +24,7 @@ def load_run_main(module_name: str):
     spec.loader.exec_module(module)
     return module.main
 
+
 #: ``--set`` items that shrink bnas_smoke to a test: 3 trials of 2 reduction stages (3 ops per edge),
 #: images that the fake 200/100-image CIFAR of tests/conftest.py also has, top-2 x 2 seeds retrained
 #: for 30 SGD steps (10 epochs of 3 batches: enough to learn the fake classes' colours, see

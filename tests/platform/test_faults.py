@@ -420,8 +420,11 @@ def test_two_node_cluster_loses_a_node_mid_search(tmp_path: Path, fake_cifar_roo
         assert rc == 0, text[-4000:]
         assert on_second, "no trial ran on the second node"
         check_recorded_once(uri, out, trials=2)
-        for name in on_second:  # retried elsewhere, from its checkpoint
-            assert _epochs(search / name) == list(range(1, EPOCHS + 1))
+        for name in on_second:  # retried elsewhere, from its checkpoint: no epoch trained twice
+            # An epoch the dead node had reported, whose result Tune's driver had not yet logged, may
+            # be absent from result.json (one CI run: [1, 3]); a restart from scratch would repeat 1.
+            epochs = _epochs(search / name)
+            assert epochs == sorted(set(epochs)) and epochs[0] == 1 and epochs[-1] == EPOCHS, epochs
     finally:
         for node in reversed(nodes):
             node.send_signal(signal.SIGTERM)  # `ray start --block` stops what it started

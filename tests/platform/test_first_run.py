@@ -27,19 +27,40 @@ def run_main():
 def fresh_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """A new user's working folder: no data, no data root in the environment."""
     monkeypatch.chdir(tmp_path)
-    for var in ("BNAS_DATA_ROOT", "RAY_ADDRESS", "MLFLOW_TRACKING_URI", "RAY_AIR_NEW_OUTPUT",
-                "MLFLOW_LOGGING_LEVEL", "RAY_USAGE_STATS_ENABLED"):
+    for var in (
+        "BNAS_DATA_ROOT",
+        "RAY_ADDRESS",
+        "MLFLOW_TRACKING_URI",
+        "RAY_AIR_NEW_OUTPUT",
+        "MLFLOW_LOGGING_LEVEL",
+        "RAY_USAGE_STATS_ENABLED",
+    ):
         monkeypatch.delenv(var, raising=False)
     return tmp_path
 
 
 def test_no_data_flag_downloads_cifar_into_dot_data(
-    run_main, capsys, fresh_folder: Path, served, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    run_main,
+    capsys,
+    fresh_folder: Path,
+    served,  # noqa: F811  (the fixture imported above)
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     url, www, files = served
     _point_torchvision_at(monkeypatch, f"{url}/{ARCHIVE}", www, files)
-    rc = run_main(["--study", "bnas_smoke", "--check", "--mlflow-uri", f"sqlite:///{fresh_folder / 'm.db'}",
-                   "--set", "fixed.data.train_subset=64", "--set", "fixed.data.test_subset=10"])
+    rc = run_main(
+        [
+            "--study",
+            "bnas_smoke",
+            "--check",
+            "--mlflow-uri",
+            f"sqlite:///{fresh_folder / 'm.db'}",
+            "--set",
+            "fixed.data.train_subset=64",
+            "--set",
+            "fixed.data.test_subset=10",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     assert (fresh_folder / "data" / "cifar-10-batches-py" / "data_batch_1").is_file()
 

@@ -107,9 +107,15 @@ def test_logged_models_registry_and_champion_on_a_real_store(
             client.log_param(run, k, v)
         client.log_metric(run, "test_acc", acc, step=1)  # the last (only) epoch's figure
         version = log_retrained_model(
-            client, uri, exp, study, run, packed,
+            client,
+            uri,
+            exp,
+            study,
+            run,
+            packed,
             result={"test_acc": acc, "packed_bytes": 1000, "genotype_digest": digest, "epochs": 1},
-            params=client.get_run(run).data.params, seed=str(seed),
+            params=client.get_run(run).data.params,
+            seed=str(seed),
         )
         client.log_artifact(run, str(packed))  # as StudyTracker.finish logs it, beside the model
         client.set_terminated(run)
@@ -119,9 +125,12 @@ def test_logged_models_registry_and_champion_on_a_real_store(
     run_a, v_a = retrain_run(0, "aaa", 0.5, first)
     assert int(client.get_model_version_by_alias(name, CHAMPION_ALIAS).version) == v_a
     # Logging the same run again (a resumed driver) adds nothing.
-    assert log_retrained_model(
-        client, uri, exp, study, run_a, first, result={"test_acc": 0.5}, params={}, seed="0"
-    ) == v_a
+    assert (
+        log_retrained_model(
+            client, uri, exp, study, run_a, first, result={"test_acc": 0.5}, params={}, seed="0"
+        )
+        == v_a
+    )
     # A worse architecture does not take the alias; a better one does.
     _, v_b = retrain_run(0, "bbb", 0.4, second)
     assert int(client.get_model_version_by_alias(name, CHAMPION_ALIAS).version) == v_a

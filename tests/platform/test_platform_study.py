@@ -105,7 +105,7 @@ def test_define_by_run_conditional_parameter() -> None:
         (
             MINIMAL.replace("search.sampling_k", "search.samplingk"),
             "space.search.samplingk",
-            ["not a setting", "did you mean search.sampling_k"],
+            ["not a setting", "did you mean 'search.sampling_k'"],
         ),
         (
             MINIMAL + "  binarization.pcnn_lambda: {float: [0.1, 0.2], when: {binarization.method: pcnn}}\n",
@@ -193,7 +193,9 @@ def test_set_overrides_reach_every_part(tmp_path: Path) -> None:
     assert spec.trials == 3 and spec.base_config.search.layers == 4
     assert spec.space.names == ["search.sampling_k", "search.lr"]
     assert spec.retrain_overrides == {"retrain.epochs": 2} and spec.retrain.seeds == [3]
-    assert spec.retrain_config(spec.base_config.to_dict(), 3).retrain.epochs == 2
+    retrain = spec.retrain_config(spec.base_config.to_dict(), 3).retrain
+    # A retraining trial checkpoints every epoch: each report to Tune carries its checkpoint.
+    assert retrain.epochs == 2 and retrain.checkpoint_every == 1
 
 
 def test_unknown_study_lists_the_valid_ones() -> None:

@@ -14,16 +14,8 @@ import mlflow
 import pytest
 from platform_helpers import SmokeStudy
 
-from bnas.platform.tracking_schema import (
-    RETRAIN,
-    SEARCH,
-    Tag,
-    chance_margin,
-    experiment_name,
-    leaderboard,
-    run_record,
-    search_all,
-)
+from bnas.platform.leaderboard import chance_margin, leaderboard
+from bnas.platform.tracking_schema import RETRAIN, SEARCH, Tag, experiment_name, run_record, search_all
 
 pytestmark = pytest.mark.platform
 
@@ -65,8 +57,14 @@ def test_smoke_console_is_one_line_per_trial_without_ray_noise(smoke_study: Smok
     assert sum(ln.startswith("retrain ") and ": complete, test_acc" in ln for ln in out.splitlines()) == len(
         retrains
     )
-    for noise in ("Checkpoint successfully created", "Configuration for experiment", "Trial status",
-                  "tensorboard --logdir", "A new study created", "INFO mlflow"):
+    for noise in (
+        "Checkpoint successfully created",
+        "Configuration for experiment",
+        "Trial status",
+        "tensorboard --logdir",
+        "A new study created",
+        "INFO mlflow",
+    ):
         assert noise not in out, noise
     assert out.count("DataIntegrityWarning") <= 1
     # Where to look: MLflow's runs view (not the GenAI overview), optuna-dashboard, and the dataset.

@@ -34,8 +34,15 @@ def run_main():
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """run.main sets environment variables: give them back afterwards; run in ``tmp_path``."""
     monkeypatch.chdir(tmp_path)
-    for var in ("RAY_USAGE_STATS_ENABLED", "RAY_AUTH_MODE", "RAY_ADDRESS", "BNAS_DATA_ROOT",
-                "MLFLOW_TRACKING_URI", "RAY_AIR_NEW_OUTPUT", "MLFLOW_LOGGING_LEVEL"):
+    for var in (
+        "RAY_USAGE_STATS_ENABLED",
+        "RAY_AUTH_MODE",
+        "RAY_ADDRESS",
+        "BNAS_DATA_ROOT",
+        "MLFLOW_TRACKING_URI",
+        "RAY_AIR_NEW_OUTPUT",
+        "MLFLOW_LOGGING_LEVEL",
+    ):
         monkeypatch.delenv(var, raising=False)
 
 
@@ -64,8 +71,18 @@ def first_study(tmp_path_factory: pytest.TempPathFactory, fake_cifar_root: Path)
 
 def _check(run_main, uri: str, root: Path, out: Path, *extra: str) -> int:
     return run_main(
-        ["--study", "bnas_smoke", "--check", "--mlflow-uri", uri, "--data-root", str(root), "--out", str(out),
-         *extra]
+        [
+            "--study",
+            "bnas_smoke",
+            "--check",
+            "--mlflow-uri",
+            uri,
+            "--data-root",
+            str(root),
+            "--out",
+            str(out),
+            *extra,
+        ]
     )
 
 
@@ -108,9 +125,7 @@ def test_same_content_elsewhere_and_placement_settings_are_the_same_study(
     assert rc == 0, capsys.readouterr().err
 
 
-def test_same_name_with_other_settings_is_refused_by_the_tracker_too(
-    first_study, tmp_path: Path
-) -> None:
+def test_same_name_with_other_settings_is_refused_by_the_tracker_too(first_study, tmp_path: Path) -> None:
     """The parent run is checked again where it is opened (a second line of defence after preflight)."""
     uri, root, first = first_study
     spec = load_study("bnas_smoke", ["fixed.search.layers=4"], data_root=root)
@@ -148,10 +163,21 @@ def test_bad_names_are_refused(
 def test_one_identity_rule_for_study_checkpoint_and_retraining(fake_cifar_root: Path, key: str) -> None:
     """Every placement setting (``affects_results=False``) is outside all three identities, and a
     setting that changes results is inside all three."""
-    changed = {"device": "cpu", "threads": 2, "data.download": True, "data.num_workers": 1,
-               "search.checkpoint_every": 3, "runtime.amp": "bf16", "runtime.channels_last": True,
-               "runtime.cudnn_benchmark": False, "runtime.data_on_device": "off",
-               "runtime.data_device_fraction": 0.2, "runtime.compile": True, "runtime.subnet_batch": 2}  # fmt: skip
+    changed = {
+        "device": "cpu",
+        "threads": 2,
+        "data.download": True,
+        "data.num_workers": 1,
+        "search.checkpoint_every": 3,
+        "retrain.checkpoint_every": 3,
+        "runtime.amp": "bf16",
+        "runtime.channels_last": True,
+        "runtime.cudnn_benchmark": False,
+        "runtime.data_on_device": "off",
+        "runtime.data_device_fraction": 0.2,
+        "runtime.compile": True,
+        "runtime.subnet_batch": 2,
+    }
     value = str(fake_cifar_root / "elsewhere") if key == "data.root" else changed[key]
     base = load_study("bnas_smoke", data_root=fake_cifar_root)
     moved = load_study("bnas_smoke", [f"fixed.{key}={json.dumps(value)}"], data_root=fake_cifar_root)

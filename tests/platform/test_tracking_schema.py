@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from platform_helpers import REPO, free_port
 
+from bnas.platform.leaderboard import leaderboard
 from bnas.platform.tracking_schema import (
     PARAM_COLUMN,
     RETRAIN,
@@ -21,7 +22,6 @@ from bnas.platform.tracking_schema import (
     RunMap,
     State,
     TrackingError,
-    leaderboard,
     param_value,
     parse_param,
     probe_store,
