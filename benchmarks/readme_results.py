@@ -31,6 +31,7 @@ RESULTS: tuple[tuple[str, str, str], ...] = (
         "docs/results/schedules_defaults",
         "schedules.md",
     ),
+    ("Model size at the paper's network size", "docs/results/model_sizes", "sizes.md"),
 )
 
 

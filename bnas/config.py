@@ -72,7 +72,7 @@ __all__ = [
 class ExperimentConfig(Section):
     """One search and/or retraining: everything a run of the core needs."""
 
-    seed: int = setting(0, "[D]", "seed for weights, data split and sampling")
+    seed: int = setting(0, "[D]", "seed for weights, data split and sampling", ge=0, le=2**32 - 1)
     device: str = setting("auto", "[D]", "auto, cpu, cuda or cuda:N", affects_results=False)
     threads: int | None = setting(
         None,

@@ -26,6 +26,10 @@ def is_nan(v: Any) -> bool:
     return isinstance(v, float) and math.isnan(v)
 
 
+def _is_inf(v: Any) -> bool:
+    return isinstance(v, float) and math.isinf(v)
+
+
 def type_name(tp: Any) -> str:
     """How an annotation reads in an error message: ``int or null``, ``'real' or 'binary'``..."""
     origin = typing.get_origin(tp)
@@ -60,7 +64,8 @@ def compile_type(tp: Any) -> Callable[[Any], Any]:
     origin, args, name = typing.get_origin(tp), typing.get_args(tp), type_name(tp)
 
     def fail(v: Any) -> Invalid:
-        return Invalid(f"expected {name}, got {'NaN (not a number)' if is_nan(v) else repr(v)}")
+        shown = "NaN (not a number)" if is_nan(v) else "an infinity" if _is_inf(v) else repr(v)
+        return Invalid(f"expected {name}, got {shown}")
 
     if origin in (typing.Union, types.UnionType):
         subs = [compile_type(a) for a in args]
@@ -113,7 +118,8 @@ def compile_type(tp: Any) -> Callable[[Any], Any]:
             type(None): lambda v: v is None,
             bool: lambda v: isinstance(v, bool),
             int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-            float: lambda v: isinstance(v, int | float) and not isinstance(v, bool) and not is_nan(v),
+            # NaN and infinities are refused: no setting means "unbounded" by .inf (null does that).
+            float: lambda v: isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v),
             str: lambda v: isinstance(v, str),
         }[tp]
 

@@ -1,7 +1,10 @@
 """The one YAML reader of settings and study files, and ``--set`` overrides.
 
-Plain data only (safe loading, never objects), UTF-8 only, each mapping key once; every problem is a
-:class:`~bnas.errors.ConfigError` naming the file (and the line and column where YAML knows them).
+Plain data only (safe loading, never objects), UTF-8 only, each mapping key once, and bounded: a file
+of at most :data:`MAX_CHARS` characters, nested at most :data:`MAX_DEPTH` deep, holding at most
+:data:`MAX_VALUES` values once its aliases are expanded (a few hundred bytes of nested aliases can
+otherwise stand for billions of values). Every problem is a :class:`~bnas.errors.ConfigError` naming
+the file (and the line and column where YAML knows them).
 """
 
 from __future__ import annotations
@@ -14,18 +17,84 @@ import yaml
 
 from bnas.errors import ConfigError
 
+#: libyaml's safe loader where PyYAML has it (the same results, many times faster).
+_SAFE = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 # --------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------
 
+#: [D] The largest settings or study file read, in characters (the shipped ones are under 3,000).
+MAX_CHARS = 100_000
+#: [D] The deepest nesting of mappings and lists (a study file needs 4).
+MAX_DEPTH = 32
+#: [D] The most values (scalars, mappings, lists) a file may stand for once its aliases are expanded.
+MAX_VALUES = 100_000
 
-def _duplicate_keys(node: yaml.Node | None, path: str = "") -> list[tuple[str | None, str]]:
+
+def _check_bounds(text: str, source: str) -> None:
+    """Refuse text beyond :data:`MAX_CHARS` or nested beyond :data:`MAX_DEPTH`, before composing it:
+    PyYAML's composer recurses once per level, the event parser does not."""
+    if len(text) > MAX_CHARS:
+        raise ConfigError(
+            f"is {len(text):,} characters; settings and study files are at most {MAX_CHARS:,}", source
+        )
+    depth = 0
+    for event in yaml.parse(text, Loader=_SAFE):
+        if isinstance(event, yaml.MappingStartEvent | yaml.SequenceStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise ConfigError(
+                    f"nested more than {MAX_DEPTH} levels deep (line {event.start_mark.line + 1}); "
+                    "settings and study files are shallow mappings",
+                    source,
+                )
+        elif isinstance(event, yaml.MappingEndEvent | yaml.SequenceEndEvent):
+            depth -= 1
+
+
+def _expanded_values(node: yaml.Node, sizes: dict[int, int], source: str) -> int:
+    """How many values ``node`` stands for with every alias expanded; each node is counted once
+    (``sizes``), so the count takes linear time however large the expansion."""
+    key = id(node)
+    if key in sizes:
+        if sizes[key] < 0:
+            raise ConfigError(f"a recursive alias at line {node.start_mark.line + 1}", source)
+        return sizes[key]
+    sizes[key] = -1  # in progress: meeting it again is a cycle
+    if isinstance(node, yaml.MappingNode):
+        children = [n for pair in node.value for n in pair]
+    elif isinstance(node, yaml.SequenceNode):
+        children = list(node.value)
+    else:
+        children = []
+    total = 1
+    for child in children:
+        total += _expanded_values(child, sizes, source)
+        if total > MAX_VALUES:
+            raise ConfigError(
+                f"holds more than {MAX_VALUES:,} values, counting each alias (*name) as the values it "
+                f"stands for (line {node.start_mark.line + 1})",
+                source,
+            )
+    sizes[key] = total
+    return total
+
+
+def _duplicate_keys(
+    node: yaml.Node | None, path: str = "", seen: set[int] | None = None
+) -> list[tuple[str | None, str]]:
     """Every mapping key given twice under ``node``, as ``(dotted key, message)``.
 
     Plain PyYAML keeps the later value silently, so a study with two ``trials:`` would run the one the
     reader did not look at. Keys merged in with ``<<: *anchor`` are YAML's way to override and pass.
+    A node reached again through an alias is not walked twice (``seen``).
     """
     problems: list[tuple[str | None, str]] = []
+    seen = set() if seen is None else seen
+    if node is None or id(node) in seen:
+        return problems
+    seen.add(id(node))
     if isinstance(node, yaml.MappingNode):
         first: dict[str, str] = {}
         for key_node, value_node in node.value:
@@ -46,20 +115,25 @@ def _duplicate_keys(node: yaml.Node | None, path: str = "") -> list[tuple[str | 
                 )
             else:
                 first[name] = said
-            problems += _duplicate_keys(value_node, dotted)
+            problems += _duplicate_keys(value_node, dotted, seen)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            problems += _duplicate_keys(item, f"{path}[{i}]")
+            problems += _duplicate_keys(item, f"{path}[{i}]", seen)
     return problems
 
 
 def parse_yaml_text(text: str, source: str = "<text>") -> Any:
     """Plain data from YAML text (safe loading: never objects); a key given twice in a mapping is a
-    :class:`ConfigError` naming it. Syntax errors propagate as :class:`yaml.YAMLError`."""
-    duplicates = _duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader))
+    :class:`ConfigError` naming it, and so is text beyond the bounds (module docstring). Syntax errors
+    propagate as :class:`yaml.YAMLError`."""
+    _check_bounds(text, source)
+    root = yaml.compose(text, Loader=_SAFE)
+    if root is not None:
+        _expanded_values(root, {}, source)
+    duplicates = _duplicate_keys(root)
     if duplicates:
         raise ConfigError.collect(duplicates, source)
-    return yaml.safe_load(text)
+    return yaml.load(text, Loader=_SAFE)  # noqa: S506 (a safe loader)
 
 
 def read_yaml(path: str | Path) -> Any:

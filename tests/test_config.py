@@ -480,3 +480,47 @@ def test_one_did_you_mean_for_every_unknown_name(value: str, valid: list[str], h
     from bnas.errors import did_you_mean
 
     assert did_you_mean(value, valid, n=2 if "sampling_t" in valid else 1) == hint
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        # "Billion laughs": nine aliases per level, nine levels; a few hundred bytes.
+        (
+            'a: &a ["x","x","x","x","x","x","x","x","x"]\n'
+            + "".join(f"{c}: &{c} [{','.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+            + "trials: *i\n",
+            "holds more than 100,000 values",
+        ),
+        ("a: " + "[" * 5000 + "]" * 5000, "nested more than 32 levels deep"),
+        ("a: &a [*a]", "recursive alias"),
+        ("a: '" + "x" * 100_001 + "'", "at most 100,000"),
+    ],
+)
+def test_yaml_work_is_bounded_whatever_the_file(tmp_path: Path, text: str, match: str) -> None:
+    """A small hostile file costs little: refused with one error naming it, within a second here."""
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=match) as e:
+        read_yaml(path)
+    assert str(e.value).startswith(str(path))
+
+
+def test_yaml_merge_keys_still_work() -> None:
+    from bnas.yaml_files import parse_yaml_text
+
+    assert parse_yaml_text("b: &b {x: 1}\no:\n  <<: *b\n  y: 2\n") == {"b": {"x": 1}, "o": {"x": 1, "y": 2}}
+
+
+@pytest.mark.parametrize(
+    "key, value, match",
+    [
+        ("search.lr", float("inf"), "expected float, got an infinity"),
+        ("search.lr", float("-inf"), "expected float, got an infinity"),
+        ("seed", 2**64, r"seed: must lie in \[0, 4294967295\]"),
+        ("seed", -1, r"seed: must lie in \[0, 4294967295\]"),
+    ],
+)
+def test_infinities_and_unseedable_seeds_are_refused(key: str, value: object, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, {key: value})

@@ -17,8 +17,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import fcntl
 import json
-from collections.abc import Callable
+import os
+import socket
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,9 +165,57 @@ def _preflight(spec: StudySpec, opts: RunOptions) -> tuple[str, DatasetDescripti
     return uri, dataset, tracker_config
 
 
+#: The study folder's lock file: held (``flock``) by the one driver running the study.
+LOCK_FILE = "driver.lock"
+
+
+@contextlib.contextmanager
+def study_lock(out_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the study folder while a driver runs it.
+
+    A second ``run.py`` on the same folder would take the first one's live Optuna trials for those of
+    a crashed run and fail them. The lock is the kernel's (``flock``): it ends with the process, so a
+    killed driver leaves nothing to clean up, and the file names the holder for the error.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 500).decode("utf-8", "replace").strip() or "another process"
+        os.close(fd)
+        raise ConfigError(
+            f"this study folder is being run by {holder}; wait for it to end (or stop it), or run this "
+            "one elsewhere with --out or under another --name",
+            str(out_dir),
+        ) from None
+    try:
+        os.ftruncate(fd, 0)
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        os.write(fd, f"run.py (pid {os.getpid()} on {socket.gethostname()}, since {now})\n".encode())
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
 def run_study(spec: StudySpec, opts: RunOptions, log: Log = print) -> StudyOutcome:
-    """Check, connect, run the requested stage(s), print where to look; returns the summary."""
+    """Check, lock the study folder, connect, run the requested stage(s), print where to look; returns
+    the summary."""
     uri, dataset, tracker_config = _preflight(spec, opts)
+    with study_lock(opts.out_dir):
+        return _run_locked(spec, opts, log, uri, dataset, tracker_config)
+
+
+def _run_locked(
+    spec: StudySpec,
+    opts: RunOptions,
+    log: Log,
+    uri: str,
+    dataset: DatasetDescription,
+    tracker_config: TrackerConfig,
+) -> StudyOutcome:
     if not opts.ray_logs:
         import optuna
 

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from bnas.config import ConfigError, apply_overrides
+from bnas.config import PLACEMENT_KEYS, ConfigError, apply_overrides
 from bnas.errors import did_you_mean
 
 DOMAINS = ("choice", "float", "int")
@@ -166,6 +166,13 @@ def parse_space(raw: Any, source: str, valid_settings: list[str]) -> SearchSpace
             raise ConfigError(
                 f"not a setting{hint}; a space parameter is named by the dotted setting it samples, "
                 f"e.g. search.sampling_k",
+                source,
+                key,
+            )
+        if name in PLACEMENT_KEYS:
+            raise ConfigError(
+                "says where or how a trial runs, not what it computes (affects_results=False), so the "
+                "study identity ignores it and it cannot be sampled; set it under fixed",
                 source,
                 key,
             )

@@ -346,6 +346,15 @@ def load_study(
                 "search.sampling_k: {choice: [2, 4]} (for a single run use python -m bnas search)",
             )
         )
+    given = settings.flatten(body.fixed) if isinstance(body.fixed, dict) else {}
+    for key in sorted(set(given) & set(space.names)):
+        problems.append(
+            (
+                f"fixed.{key}",
+                f"is also sampled by space.{key}, whose value every trial would use instead; set it in "
+                "one place",
+            )
+        )
     retrain_overrides = body.retrain.overrides if isinstance(body.retrain.overrides, dict) else {}
     for key in retrain_overrides:
         if key not in valid_settings:

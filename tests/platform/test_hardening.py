@@ -109,6 +109,34 @@ CASES = [
     ("top_k_above_trials", None, ["retrain.top_k=5"], "retrain.top_k", ["5 genotypes", "4 search trial"]),
     ("nan_learning_rate", None, ["fixed.search.lr=.nan"], "fixed.search.lr", ["got NaN"]),
     (
+        "infinite_learning_rate",
+        None,
+        ["fixed.search.weight_decay=.inf"],
+        "fixed.search.weight_decay",
+        ["infinity"],
+    ),
+    (
+        "seed_beyond_numpy",
+        None,
+        ["fixed.seed=18446744073709551616"],
+        "fixed.seed",
+        ["must lie in [0, 4294967295]"],
+    ),
+    (
+        "sampled_placement",
+        None,
+        ["space.device={choice: [cpu, cuda]}"],
+        "space.device",
+        ["cannot be sampled"],
+    ),
+    (
+        "fixed_and_sampled",
+        None,
+        ["fixed.search.sampling_k=2"],
+        "fixed.search.sampling_k",
+        ["also sampled by space.search.sampling_k"],
+    ),
+    (
         "nan_in_the_space",
         None,
         ["space.search.lr={float: [.nan, 0.05]}"],
@@ -138,7 +166,7 @@ CASES = [
     ),
     (
         "train_subset_below_the_sampled_batch",
-        None,
+        _smoke_text(**{"    batch_size: 32\n    ops": "    ops"}),  # sampled, so not fixed as well
         ["fixed.data.train_subset=128", "space.search.batch_size={choice: [32, 128]}"],
         "space",
         ["'search.batch_size': 128", "128 images leave 64", "search.batch_size=128"],
@@ -283,3 +311,23 @@ def test_check_reads_an_address_cluster_without_joining_it(
     for w in words:
         assert w in res.stdout + res.stderr
     assert not (tmp_path / "study").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_second_driver_on_a_running_study_is_refused(
+    run_main, capsys, clean_env, tmp_path: Path, fake_cifar_root: Path
+) -> None:
+    """While one driver holds the study folder, another run.py on it stops with one error naming the
+    holder, before Ray starts; the lock dies with its holder (the kernel's flock)."""
+    from bnas.platform.orchestrate import LOCK_FILE, study_lock
+
+    out = tmp_path / "study"
+    argv = smoke_args(out, f"sqlite:///{tmp_path / 'mlflow.db'}", fake_cifar_root, settings=[])
+    children = _children()
+    with study_lock(out):
+        rc = run_main([*argv, "--no-dashboard", "--quiet"])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.startswith("error: ") and "Traceback" not in err, err
+        assert f"{out}: this study folder is being run by run.py (pid {os.getpid()}" in err, err
+        assert _children() <= children  # no Ray process
+    with study_lock(out):  # released: the next driver gets it
+        assert (out / LOCK_FILE).is_file()

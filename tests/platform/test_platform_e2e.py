@@ -16,7 +16,7 @@ import mlflow
 import optuna
 import pytest
 from optuna.trial import TrialState
-from platform_helpers import SMOKE_TEST_SETTINGS, SmokeStudy, end_group, run_cli, smoke_args, start_cli
+from platform_helpers import REPO, SMOKE_TEST_SETTINGS, SmokeStudy, end_group, run_cli, smoke_args, start_cli
 
 from bnas.platform.tracking_schema import (
     CHAMPION_ALIAS,
@@ -274,6 +274,14 @@ def test_failing_trial_is_recorded_and_the_others_finish(
     args = smoke_args(
         out, uri, fake_cifar_root, "--address", ray_head, "--quiet", "--stage", "search", settings=settings
     )
+    # The sampled setting is not fixed as well (a study may not set a value in both places).
+    study_file = tmp_path / "studies" / "bnas_smoke.yaml"
+    study_file.parent.mkdir()
+    text = (REPO / "tune_configs" / "bnas_smoke.yaml").read_text()
+    kept = [line for line in text.splitlines(keepends=True) if not line.lstrip().startswith("train_subset:")]
+    assert len(kept) == len(text.splitlines()) - 1
+    study_file.write_text("".join(kept))
+    args[args.index("--study") + 1] = str(study_file)
     res = run_cli(args, cwd=tmp_path, timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     searches = _by_kind(_runs(uri), "search")

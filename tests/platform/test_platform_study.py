@@ -92,6 +92,16 @@ def test_define_by_run_conditional_parameter() -> None:
         ("fixed: {search: {layers: 3}\nspace: [", None, ["malformed YAML", "line"]),
         (MINIMAL + "trails: 3\n", "trails", ["unknown key", "did you mean 'trials'", "valid keys here"]),
         (
+            MINIMAL + "  data.root: {choice: [/a, /b]}\n",
+            "space.data.root",
+            ["where or how a trial runs", "cannot be sampled", "set it under fixed"],
+        ),
+        (
+            MINIMAL.replace("layers: 3,", "layers: 3, sampling_k: 2,"),
+            "fixed.search.sampling_k",
+            ["also sampled by space.search.sampling_k", "set it in one place"],
+        ),
+        (
             MINIMAL.replace("layers: 3", "layerz: 3"),
             "fixed.search.layerz",
             ["unknown key", "valid keys here: layers"],

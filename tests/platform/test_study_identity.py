@@ -181,7 +181,7 @@ def test_one_identity_rule_for_study_checkpoint_and_retraining(fake_cifar_root: 
     value = str(fake_cifar_root / "elsewhere") if key == "data.root" else changed[key]
     base = load_study("bnas_smoke", data_root=fake_cifar_root)
     moved = load_study("bnas_smoke", [f"fixed.{key}={json.dumps(value)}"], data_root=fake_cifar_root)
-    other = load_study("bnas_smoke", ["fixed.search.lr=0.07"], data_root=fake_cifar_root)
+    other = load_study("bnas_smoke", ["fixed.search.weight_decay=0.001"], data_root=fake_cifar_root)
     dataset = describe_dataset(base, fake_cifar_root)
     assert study_identity(base, dataset) == study_identity(moved, dataset) != study_identity(other, dataset)
     cfgs = [s.trial_config({}) for s in (base, moved, other)]
