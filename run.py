@@ -156,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["RAY_AUTH_MODE"] = "token"
 
     from bnas.config import ConfigError
-    from bnas.data import DatasetNotFoundError
+    from bnas.data import BadDatasetError, DatasetNotFoundError
+    from bnas.errors import user_os_error
     from bnas.genotype import GenotypeError
     from bnas.platform.orchestrate import RunOptions, StudyInterrupted, preflight, run_study
     from bnas.platform.study import STUDIES_DIR, list_studies
@@ -193,8 +194,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {p.describe()}")
             return 0
         outcome = run_study(spec, opts)
-    except (ConfigError, DatasetNotFoundError, GenotypeError, UnknownNameError) as e:
+    except (ConfigError, DatasetNotFoundError, BadDatasetError, GenotypeError, UnknownNameError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if (text := user_os_error(e)) is None:
+            raise
+        print(f"error: {text}", file=sys.stderr)
         return 2
     except StudyInterrupted as e:
         print(f"interrupted: {e}", file=sys.stderr)

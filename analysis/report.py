@@ -187,25 +187,28 @@ def build_report(
         b = best.iloc[0]
         rid = b["search_run_id"]
         best_info = f"genotype {b['genotype_digest']} from trial {b['trial_id']} (run {rid})"
-        diag = data.artifact_json(rid, Artifact.DIAGNOSTICS)
+        diag = _artifact(data, rid, Artifact.DIAGNOSTICS, notes)
         if isinstance(diag, dict) and isinstance(diag.get("stages"), list) and diag["stages"]:
             rep.frames["best_diagnostics"] = diagnostics_frame(diag["stages"])
             path = rdir / "best_diagnostics.csv"
             rep.frames["best_diagnostics"].to_csv(path, index=False)
             rep.tables["best_diagnostics"] = path
-        history = data.artifact_json(rid, Artifact.HISTORY)
-        if history is not None:
-            for cell in ("normal", "reduce"):
-                save(f"reduction_history_{cell}", plot_reduction_history(history, cell))
-        else:
-            notes.append(f"the best trial's run {rid} has no {Artifact.HISTORY} artifact.")
-        gdict = data.artifact_json(rid, Artifact.GENOTYPE)
-        if gdict is not None:
-            g = Genotype.from_dict(gdict)
-            for cell in ("normal", "reduce"):
-                save(f"best_{cell}_cell", draw_cell(g, cell))
-        else:
-            notes.append(f"the best trial's run {rid} has no {Artifact.GENOTYPE} artifact.")
+        history = _artifact(data, rid, Artifact.HISTORY, notes)
+        gdict = _artifact(data, rid, Artifact.GENOTYPE, notes)
+        # An artifact edited or damaged after the run leaves its picture out, with a note, not the report.
+        try:
+            if history is not None:
+                for cell in ("normal", "reduce"):
+                    save(f"reduction_history_{cell}", plot_reduction_history(history, cell))
+        except Exception as e:  # noqa: BLE001 (any shape of damage: the report goes on)
+            notes.append(f"the best trial's {Artifact.HISTORY} cannot be drawn ({type(e).__name__}: {e}).")
+        try:
+            if gdict is not None:
+                g = Genotype.from_dict(gdict)
+                for cell in ("normal", "reduce"):
+                    save(f"best_{cell}_cell", draw_cell(g, cell))
+        except Exception as e:  # noqa: BLE001
+            notes.append(f"the best trial's {Artifact.GENOTYPE} cannot be drawn ({type(e).__name__}: {e}).")
 
     ostudy, onote = data.optuna_study()
     oview: dict[str, Any] | None = None
@@ -299,13 +302,28 @@ def diagnostics_frame(stages: list[dict[str, Any]]) -> pd.DataFrame:
     return df.round(3)
 
 
+def _artifact(data: StudyRuns, run_id: str, name: str, notes: list[str]) -> Any:
+    """A run's JSON artifact, or None with a note when it is missing or not JSON."""
+    try:
+        value = data.artifact_json(run_id, name)
+    except ValueError as e:
+        notes.append(f"run {run_id}: {name} is not valid JSON ({e}); left out.")
+        return None
+    if value is None:
+        notes.append(f"the best trial's run {run_id} has no {name} artifact.")
+    return value
+
+
 def _degenerate(data: StudyRuns, search_run_id: Any) -> str:
     from bnas.genotype import Genotype
 
     if not isinstance(search_run_id, str) or not search_run_id:
         return ""
-    gdict = data.artifact_json(search_run_id, Artifact.GENOTYPE)
-    return degenerate_cells(Genotype.from_dict(gdict)) if gdict is not None else ""
+    try:
+        gdict = data.artifact_json(search_run_id, Artifact.GENOTYPE)
+        return degenerate_cells(Genotype.from_dict(gdict)) if gdict is not None else ""
+    except Exception:  # noqa: BLE001 (a damaged genotype: no flag, the picture section notes it)
+        return "?"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -611,8 +611,8 @@ def main(argv: list[str] | None = None) -> int:
         scaled = f"; BOTH schedules' epoch counts scaled by {factor:g} (T and V are not scaled)"
     header = [
         f"Search schedules, scale={args.scale} ({scale.about}), device={device}, threads={threads}, "
-        f"{'generated' if args.fake else 'CIFAR-10'} data: {n_images} images, half for the weights and half "
-        f"for alpha/beta{scaled}.",
+        f"{'generated' if args.fake else 'CIFAR-10 (rebuilt copy)'} data: {n_images} images, half for the "
+        f"weights and half for alpha/beta{scaled}.",
         f"Engine {args.engine or 'none'}, for every schedule: {extra or 'each its own cadence'}.",
         f"{args.rounds} round(s), seeds {' '.join(map(str, seeds))}, order reversed every other round; "
         "search s = final.json search_time_s (process s adds interpreter start and data loading).",

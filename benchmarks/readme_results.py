@@ -37,8 +37,9 @@ RESULTS: tuple[tuple[str, str, str], ...] = (
 
 def _provenance_line(meta: dict[str, Any], folder: str, report: str) -> str:
     dirty = " with uncommitted changes" if meta.get("dirty") else ""
+    data = f"{meta['data']}; " if " " in str(meta.get("data", "")) else ""  # a description, not a path
     return (
-        f"`{meta['command']}` at commit `{meta['commit'][:7]}`{dirty}; {meta['machine']}; "
+        f"`{meta['command']}` at commit `{meta['commit'][:7]}`{dirty}; {data}{meta['machine']}; "
         f"{meta['wall_s'] / 60:.1f} min wall; {meta.get('date', 'date not recorded')}. "
         f"Files: [{folder}/]({folder}/{report})."
     )

@@ -28,6 +28,7 @@ from typing import Any
 
 from bnas.binarization import BinarySpec
 from bnas.config import ConfigError, ExperimentConfig, describe_settings, load_config, parse_overrides
+from bnas.errors import user_os_error
 from bnas.genotype import GenotypeError, load_genotype
 from bnas.logs import info, show_progress
 from bnas.registry import UnknownNameError
@@ -41,6 +42,8 @@ USER_ERRORS = (ConfigError, GenotypeError, UnknownNameError)
 def _is_user_error(e: BaseException) -> bool:
     if isinstance(e, USER_ERRORS):
         return True
+    if user_os_error(e) is not None:
+        return True
     data = sys.modules.get("bnas.data")  # a DatasetNotFoundError can only come from an imported bnas.data
     return data is not None and isinstance(e, data.DatasetNotFoundError | data.BadDatasetError)
 
@@ -48,6 +51,8 @@ def _is_user_error(e: BaseException) -> bool:
 def _error_text(e: BaseException) -> str:
     """The message of a user error; one raised in a DataLoader worker (an unreadable image) comes back
     wrapped with the worker's traceback, of which the last line is the message."""
+    if (text := user_os_error(e)) is not None:
+        return text
     text = str(e)
     if "Original Traceback" in text:
         text = text.strip().splitlines()[-1].split(": ", 1)[-1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import errno
 from collections.abc import Iterable, Sequence
 
 #: One configuration problem: the dotted key it concerns (None for the file as a whole) and what is
@@ -49,3 +50,16 @@ def did_you_mean(value: object, valid: Iterable[str], n: int = 1) -> str:
     error of the project."""
     close = difflib.get_close_matches(str(value), list(valid), n=n)
     return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+
+
+#: Operating-system errors a user causes and fixes: a full disk, a read-only or forbidden folder.
+USER_OS_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+def user_os_error(e: BaseException) -> str | None:
+    """The one-line message of an :data:`USER_OS_ERRORS` error (the file, what is wrong, what to do),
+    or None for any other exception."""
+    if not isinstance(e, OSError) or e.errno not in USER_OS_ERRORS:
+        return None
+    where = f"{e.filename}: " if e.filename else ""
+    return f"{where}{e.strerror}; free space or choose a writable folder, then rerun (it resumes)"

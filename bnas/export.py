@@ -201,6 +201,8 @@ def read_packed(path: str | Path) -> tuple[dict[str, Any], bytes]:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise PackedFormatError(f"{path}: damaged header ({e})") from None
     payload = data[start + n :]
+    if not isinstance(header, dict):
+        raise PackedFormatError(f"{path}: damaged header (a {type(header).__name__}, not a mapping)")
     if header.get("format") != FORMAT or header.get("version") != version:
         raise PackedFormatError(
             f"{path}: format {header.get('format')!r} version {header.get('version')!r} under the magic "
@@ -211,7 +213,45 @@ def read_packed(path: str | Path) -> tuple[dict[str, Any], bytes]:
         or hashlib.sha256(payload).hexdigest() != header["payload_sha256"]
     ):
         raise PackedFormatError(f"{path}: the payload is truncated or damaged (checksum mismatch)")
+    _check_header(header, path)
     return header, payload
+
+
+#: The header's keys and their types (both versions); a key missing or of another type is refused.
+HEADER_KEYS: dict[str, type | tuple[type, ...]] = {
+    "payload_bytes": int,
+    "payload_sha256": str,
+    "binary_params": int,
+    "floats": int,
+    "layout_digest": str,
+    "genotype": dict,
+    "spec": dict,
+    "build": dict,
+}
+#: [D] The largest network a header may describe: the settings' own bounds (bnas.sections), so a
+#: header cannot make the loader build a network of any size before its payload is checked against it.
+BUILD_BOUNDS = {"C": 1024, "layers": 100, "num_classes": 100_000, "in_channels": 64}
+
+
+def _check_header(header: dict[str, Any], path: Path) -> None:
+    """Refuse a header whose keys are missing or mistyped, whose counts disagree with its payload, or
+    that describes a network beyond :data:`BUILD_BOUNDS`: before anything is built from it."""
+    for key, kind in HEADER_KEYS.items():
+        value = header.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise PackedFormatError(f"{path}: header key {key!r} is missing or not of type {kind.__name__}")
+    counts = (header["binary_params"], header["floats"])
+    if min(counts) < 0 or math.ceil(counts[0] / 8) + 4 * counts[1] != header["payload_bytes"]:
+        raise PackedFormatError(
+            f"{path}: the header promises {counts[0]} bits and {counts[1]} float32 values, which do not "
+            f"make its {header['payload_bytes']}-byte payload"
+        )
+    for key, bound in BUILD_BOUNDS.items():
+        value = header["build"].get(key)
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= bound
+        ):
+            raise PackedFormatError(f"{path}: header build.{key} = {value!r} is outside [1, {bound}]")
 
 
 class PackedBinary(BinarizationMethod):
@@ -240,9 +280,14 @@ def _build(header: dict[str, Any], path: Path) -> nn.Module:
     name = header.get("network", "EvalNetwork")  # v1 files predate the key: always the CIFAR network
     if name not in NETWORKS:
         raise PackedFormatError(f"{path}: network class {name!r} unknown; known: {sorted(NETWORKS)}")
-    genotype = Genotype.from_dict(header["genotype"])
-    spec = BinarySpec(**header["spec"])
-    return NETWORKS[name](genotype, auxiliary=False, spec=spec, **header["build"])
+    try:
+        genotype = Genotype.from_dict(header["genotype"])
+        spec = BinarySpec(**header["spec"])
+        return NETWORKS[name](genotype, auxiliary=False, spec=spec, **header["build"])
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # a header edited by hand
+        raise PackedFormatError(
+            f"{path}: the header does not describe a network ({type(e).__name__}: {e})"
+        ) from None
 
 
 def _unpack(payload: bytes, n_bits: int, n_floats: int, path: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -326,6 +371,22 @@ def _load_v1(model: nn.Module, header: dict[str, Any], payload: bytes, path: Pat
 EXPORT_FORMATS = ("onnx", "packed")
 
 
+#: [D] The largest ONNX input side exported (pixels): the check runs the network once at this size on
+#: the CPU, and the paper's networks take 32 (CIFAR) or 224 (ImageNet).
+MAX_EXPORT_IMAGE_SIZE = 1024
+
+
+def _check_image_size(n: int, where: str) -> None:
+    from bnas.errors import ConfigError
+
+    if not 1 <= n <= MAX_EXPORT_IMAGE_SIZE:
+        raise ConfigError(
+            f"image size {n} is outside [1, {MAX_EXPORT_IMAGE_SIZE}] pixels; give --image-size in that range",
+            "export",
+            where,
+        )
+
+
 def export_run(
     run_dir: str | Path, fmt: str, out: str | Path, image_size: int | None = None
 ) -> dict[str, Any]:
@@ -350,6 +411,13 @@ def export_run(
     run_dir = Path(run_dir)
     if fmt not in EXPORT_FORMATS:
         raise ConfigError(f"unknown format {fmt!r}; valid: {', '.join(EXPORT_FORMATS)}", "export", "--format")
+    out = Path(out)
+    if out.is_dir():
+        raise ConfigError(f"{out} is a folder; give the path of the file to write", "export", "--out")
+    if not out.parent.is_dir():
+        raise ConfigError(f"the folder {out.parent} does not exist; create it first", "export", "--out")
+    if image_size is not None:
+        _check_image_size(image_size, "--image-size")
     packed = run_dir / "model.bnas"
     if not packed.is_file():
         raise ConfigError(
@@ -379,6 +447,7 @@ def export_run(
             raise ConfigError(
                 f"cannot read data.image_size from {cfg_path}; give --image-size", "export", "--image-size"
             ) from None
+        _check_image_size(image_size, f"data.image_size of {cfg_path}")
     from bnas.onnx_export import export_onnx
 
     return {"source": str(packed), **export_onnx(model, out, image_size)}

@@ -45,7 +45,7 @@ from torch import nn
 
 from bnas.accel import FastPath
 from bnas.binarization import BinarySpec, projection_loss
-from bnas.config import ExperimentConfig, require_phase
+from bnas.config import ConfigError, ExperimentConfig, require_phase
 from bnas.data import DatasetInfo, describe_classes, is_class_folder, reseed_loader, retrain_loaders
 from bnas.eval_network import EvalNetwork
 from bnas.export import export_packed
@@ -63,7 +63,7 @@ from bnas.runtime import (
     seed_everything,
     set_rng_state,
 )
-from bnas.training import PhaseTimer, RunFolder, derive_seed, isolated_rng, timed_batches
+from bnas.training import PhaseTimer, RunFolder, derive_seed, isolated_rng, timed_batches, unloadable
 
 GENOTYPE = "genotype.json"
 PACKED = "model.bnas"
@@ -269,12 +269,15 @@ def _retrain(
     start_epoch, history, elapsed_before = 0, [], 0.0
     timer = PhaseTimer(device, PHASES)
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        set_rng_state(ckpt["rng"], device)
-        start_epoch, history, elapsed_before = ckpt["epoch"], list(ckpt["metrics"]), ckpt["elapsed_s"]
-        timer.add(ckpt.get("phase_times_s", {}))  # a resumed run reports the whole run's phases
+        try:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            set_rng_state(ckpt["rng"], device)
+            start_epoch, history, elapsed_before = ckpt["epoch"], list(ckpt["metrics"]), ckpt["elapsed_s"]
+            timer.add(ckpt.get("phase_times_s", {}))  # a resumed run reports the whole run's phases
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+            raise ConfigError(unloadable(e), source=str(folder.path)) from None
         say(f"resuming from {folder.checkpoint_path} after epoch {start_epoch}/{r.epochs}")
 
     n_train = len(train_loader.dataset)

@@ -21,7 +21,7 @@ from bnas.architect import Architect
 from bnas.errors import ConfigError
 from bnas.reduction import ReductionStrategy
 from bnas.supernet import SuperNetwork
-from bnas.training import CHECKPOINT
+from bnas.training import CHECKPOINT, unloadable
 
 #: Format of the search checkpoint; a checkpoint of another version is refused.
 CHECKPOINT_VERSION = 2
@@ -85,6 +85,20 @@ class SearchState:
         ``source`` (the run folder) prefixes the :class:`ConfigError` raised for a checkpoint of
         another format version or one whose weight list does not fit the rebuilt network.
         """
+        try:
+            return cls._restore(ckpt, build, source)
+        except ConfigError:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+            raise ConfigError(unloadable(e), source=source) from None
+
+    @classmethod
+    def _restore(
+        cls,
+        ckpt: dict[str, Any],
+        build: Callable[[dict[str, list[list[str]]] | None], SearchState],
+        source: str | None,
+    ) -> SearchState:
         if ckpt.get("version") != CHECKPOINT_VERSION:
             raise ConfigError(
                 f"{CHECKPOINT} has format version {ckpt.get('version')!r}, this version reads "

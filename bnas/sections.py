@@ -34,7 +34,9 @@ class DataConfig(Section):
         None, "[D]", "dataset folder; None reads $BNAS_DATA_ROOT, else ./data", affects_results=False
     )
     download: bool = setting(False, "[D]", "fetch the official archive when missing", affects_results=False)
-    image_size: int = setting(32, "[C]", "side of the square input; CPU configs use 16 or less", ge=8)
+    image_size: int = setting(
+        32, "[C]", "side of the square input; CPU configs use 16 or less (at most 1024 [D])", ge=8, le=1024
+    )
     train_subset: int | None = setting(None, "[D]", "use only this many training images", ge=2)
     test_subset: int | None = setting(None, "[D]", "use only this many test images", ge=2)
     val_fraction: float = setting(
@@ -113,8 +115,10 @@ class SearchConfig(Section):
     """The super-network and its bilevel optimisation (method.md sections 2 and 5)."""
 
     # >= 3 cells: two of them are the reduction cells at 1/3 and 2/3 of the depth.
-    layers: int = setting(6, "[R]", "cells in the search network (PC-DARTS: 8)", ge=3)
-    init_channels: int = setting(16, "[R]", "channels of the first cell", ge=1)
+    layers: int = setting(
+        6, "[R]", "cells in the search network (PC-DARTS: 8; at most 100 [D])", ge=3, le=100
+    )
+    init_channels: int = setting(16, "[R]", "channels of the first cell (at most 1024 [D])", ge=1, le=1024)
     nodes: int = setting(4, "[C]", "intermediate nodes per cell", ge=1)
     stem_multiplier: int = setting(3, "[C]", "stem channels = multiplier * init_channels", ge=1)
     sampling_k: int = setting(
@@ -301,8 +305,12 @@ class ReductionConfig(Section):
 class RetrainConfig(Section):
     """Training the evaluation network built from a genotype (method.md section 8)."""
 
-    layers: int = setting(20, "[C]", "cells in the evaluation network", ge=3)  # two are reduction cells
-    init_channels: int = setting(36, "[C]", "channels of the first cell (the larger model: 44)", ge=1)
+    layers: int = setting(
+        20, "[C]", "cells in the evaluation network (at most 100 [D])", ge=3, le=100
+    )  # 2 reduce
+    init_channels: int = setting(
+        36, "[C]", "channels of the first cell (the larger model: 44; at most 1024 [D])", ge=1, le=1024
+    )
     auxiliary: bool = setting(True, "[C]", "auxiliary head after the second reduction cell")
     auxiliary_weight: float = setting(0.4, "[C]", "weight of the auxiliary loss", ge=0)
     epochs: int = setting(600, "[R]", "training epochs", ge=1)

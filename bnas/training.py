@@ -232,6 +232,16 @@ def identity_diff(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[
     ]
 
 
+def unloadable(e: BaseException) -> str:
+    """The problem text of a checkpoint that has this run's identity but does not load into its objects
+    (edited, damaged, or written by a version with other tensor shapes)."""
+    why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    return (
+        f"{CHECKPOINT} has this run's settings but does not load into it ({type(e).__name__}: {why}); it may "
+        "be damaged or edited: delete it or pass resume=False (--no-resume) to start over"
+    )
+
+
 class RunFolder:
     """The output folder of one run (see the module docstring).
 
@@ -305,12 +315,22 @@ class RunFolder:
         The checkpoint is read (and checked) before anything else is written, so a refused resume
         leaves the folder as it was. ``config`` (the resolved settings) goes to ``config.json``.
         """
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError(
+                "is a file, not a folder; give the output folder of the run", source=str(self.path)
+            )
         ckpt = self.read_checkpoint() if resume else None
-        self.path.mkdir(parents=True, exist_ok=True)
-        if ckpt is None:
-            for name in self.outputs:
-                (self.path / name).unlink(missing_ok=True)
-        atomic_write_json(dict(config), self.path / CONFIG)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            if ckpt is None:
+                for name in self.outputs:
+                    (self.path / name).unlink(missing_ok=True)
+            atomic_write_json(dict(config), self.path / CONFIG)
+        except OSError as e:  # read-only, full, not permitted: before any work, one line
+            raise ConfigError(
+                f"cannot write the run's files here ({e.strerror or e}); choose another output folder",
+                source=str(self.path),
+            ) from None
         return ckpt
 
     def save_checkpoint(self, state: Mapping[str, Any]) -> None:

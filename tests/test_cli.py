@@ -60,8 +60,8 @@ def test_summary_fp_and_aux_free(capsys: pytest.CaptureFixture[str]) -> None:
             ["summary", "--genotype", "bnas_xnor", "--binarization", "ternary"],
             "--binarization: unknown name 'ternary'",
         ),
-        (["summary", "--genotype", "bnas_xnor", "--layers", "2"], "--layers: must be >= 3"),
-        (["summary", "--genotype", "bnas_xnor", "--channels", "0"], "--channels: must be >= 1"),
+        (["summary", "--genotype", "bnas_xnor", "--layers", "2"], "--layers: must lie in [3, 100]"),
+        (["summary", "--genotype", "bnas_xnor", "--channels", "0"], "--channels: must lie in [1, 1024]"),
         (
             ["summary", "--genotype", "bnas_xnor", "--network", "imagenet", "--channels", "35"],
             "--channels=35 must be even",

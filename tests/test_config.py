@@ -194,12 +194,12 @@ def test_every_setting_has_a_source_mark() -> None:
 @pytest.mark.parametrize(
     "cls, key, value, match",
     [
-        (DataConfig, "image_size", 4, "must be >= 8, got 4"),
+        (DataConfig, "image_size", 4, "must lie in \\[8, 1024\\], got 4"),
         (DataConfig, "val_fraction", 1.0, "strictly between 0 and 1"),
         (DataConfig, "dataset", "mnist", "unknown name 'mnist'; valid: cifar10"),
         (BinarizationConfig, "method", "xnr", "valid: xnor, xnor_channel"),
         (BinarizationConfig, "activations", "ternary", "expected 'real' or 'binary'"),
-        (SearchConfig, "layers", 2, "must be >= 3, got 2"),
+        (SearchConfig, "layers", 2, "must lie in \\[3, 100\\], got 2"),
         (SearchConfig, "ops", [], "needs at least one operation"),
         (SearchConfig, "ops", ["skip_connect", "skip_connect"], "lists an operation twice"),
         (SearchConfig, "lr", "fast", "expected float"),

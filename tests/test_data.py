@@ -552,3 +552,68 @@ def test_a_crafted_cifar_pickle_is_refused_and_runs_nothing(
     with pytest.raises(ConfigError, match=r"holds os.makedirs, which a CIFAR file never holds"):
         DATASETS.get("cifar10").read_uncached(root)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "damage, match",
+    [
+        ("list", "holds a list, not a CIFAR batch"),
+        ("truncated", "not a readable CIFAR batch file"),
+        ("shape", r"data has shape \(4, 100\)"),
+        ("labels", r"training labels lie in \[0, 12\], expected \[0, 9\]"),
+    ],
+)
+def test_a_damaged_cifar_batch_is_named(
+    damage: str, match: str, fake_cifar_root: Path, tmp_path: Path
+) -> None:
+    """A batch file that is a pickle of the wrong thing, cut short, or of the wrong shape or labels is a
+    BadDatasetError naming it (the CLIs print one error line), not a NumPy traceback."""
+    import pickle
+    import shutil
+
+    import numpy as np
+
+    from bnas.data import DATASETS, BadDatasetError
+    from bnas.data.cifar_writer import dump_py2_pickle
+
+    root = tmp_path / "cifar"
+    shutil.copytree(fake_cifar_root, root)
+    batch = root / "cifar-10-batches-py" / "data_batch_1"
+    if damage == "list":
+        batch.write_bytes(pickle.dumps([1, 2, 3], protocol=2))
+    elif damage == "truncated":
+        batch.write_bytes(batch.read_bytes()[:100])
+    elif damage == "shape":
+        dump_py2_pickle({"data": np.zeros((4, 100), np.uint8), "labels": [0, 1, 2, 3]}, batch)
+    else:
+        dump_py2_pickle({"data": np.zeros((2, 3072), np.uint8), "labels": [0, 12]}, batch)
+    with pytest.raises(BadDatasetError, match=match):
+        DATASETS.get("cifar10").read_uncached(root)
+
+
+def test_an_image_past_the_decompression_limit_is_a_bad_image(tmp_path: Path, monkeypatch) -> None:
+    """PIL refuses an image of more than twice Image.MAX_IMAGE_PIXELS (a decompression bomb): that is a
+    BadDatasetError naming the file (so on_bad_image: skip applies), not a traceback."""
+    from PIL import Image
+
+    from bnas.data import BadDatasetError
+    from bnas.data.sources import decode_rgb
+
+    Image.new("RGB", (64, 64)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4096 pixels > 2 x 1000
+    with pytest.raises(
+        BadDatasetError, match="big.png: cannot be decoded as an image .DecompressionBombError"
+    ):
+        decode_rgb(tmp_path / "big.png")
+
+
+def test_a_fifo_named_like_an_image_is_not_listed(tmp_path: Path) -> None:
+    import os
+
+    from bnas.data.sources import _FolderSource
+
+    cls = tmp_path / "train" / "cat"
+    cls.mkdir(parents=True)
+    (cls / "a.png").write_bytes(b"x")
+    os.mkfifo(cls / "pipe.jpg")
+    assert [p.name for p in _FolderSource._files(tmp_path / "train")["cat"]] == ["a.png"]

@@ -290,3 +290,34 @@ def test_loaded_network_runs_on_a_given_device(version: int, tmp_path: Path) -> 
             out = load_packed(path, device="cuda")(x.cuda())[0]
         # (cuDNN may run the convolutions in TF32, about 1e-3 relative: the tolerance allows for it.)
         assert out.device.type == "cuda" and _rel_err(out.cpu(), ref) < 1e-2
+
+
+def _rewrite_header(path: Path, edit) -> None:
+    """The packed file with its JSON header edited (the payload and its checksum untouched)."""
+    data = path.read_bytes()
+    (n,) = struct.unpack("<I", data[8:12])
+    header = json.loads(data[12 : 12 + n])
+    edit(header)
+    blob = json.dumps(header).encode()
+    path.write_bytes(data[:8] + struct.pack("<I", len(blob)) + blob + data[12 + n :])
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda h: h["build"].update(C=10**6), r"header build.C = 1000000 is outside \[1, 1024\]"),
+        (lambda h: h.update(binary_params=10**12), "do not make its"),
+        (lambda h: h.pop("floats"), "header key 'floats' is missing or not of type int"),
+        (lambda h: h.update(genotype="x"), "header key 'genotype' is missing or not of type dict"),
+        (lambda h: h["build"].update(unknown=1), "the header does not describe a network"),
+    ],
+)
+def test_a_tampered_header_is_refused_before_anything_is_built(tmp_path: Path, edit, match: str) -> None:
+    """A header promising a huge network, counts that do not fit the payload, or missing, mistyped or
+    unknown keys: one PackedFormatError naming the file, in well under a second, nothing allocated."""
+    path = tmp_path / "m.bnas"
+    export_packed(_trained_like(_net("xnor", C=4, layers=3)), path)
+    _rewrite_header(path, edit)
+    with pytest.raises(PackedFormatError, match=match) as e:
+        load_packed(path)
+    assert str(e.value).startswith(str(path))

@@ -126,3 +126,26 @@ def test_cli_misuse_is_one_error_line(
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and "Traceback" not in err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("out_is_a_folder", "is a folder; give the path of the file to write"),
+        ("out_parent_missing", "does not exist; create it first"),
+        ("image_size_zero", "image size 0 is outside [1, 1024]"),
+        ("config_image_size_huge", "image size 30000 is outside [1, 1024]"),
+    ],
+)
+def test_export_refuses_bad_targets_before_any_work(
+    case: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = _run_dir(tmp_path, 30000 if case == "config_image_size_huge" else IMAGE)
+    out = {"out_is_a_folder": tmp_path, "out_parent_missing": tmp_path / "no" / "m.onnx"}.get(
+        case, tmp_path / "m.onnx"
+    )
+    extra = ["--image-size", "0"] if case == "image_size_zero" else []
+    assert main(["export", str(run), "--format", "onnx", "--out", str(out), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "m.onnx").exists()

@@ -397,3 +397,46 @@ def test_search_state_checkpoint_is_plain_data(fake_cifar_root: Path, tmp_path: 
     s = Search(_cfg(fake_cifar_root), tmp_path, log=None)
     assert s.resumed and s.state.lr_schedule.last_epoch == 1
     assert s.state.weight_optimizer.param_groups[0]["lr"] == ckpt["weight_optimizer"]["param_groups"][0]["lr"]
+
+
+def test_an_output_folder_that_cannot_hold_the_run_is_one_error(tmp_path: Path) -> None:
+    """A file given as the folder, or a folder that cannot be created, is refused before any work."""
+    afile = tmp_path / "a_file"
+    afile.write_text("x")
+    with pytest.raises(ConfigError, match="is a file, not a folder"):
+        RunFolder(afile, {"seed": 0}).open(resume=True, config={})
+    with pytest.raises(ConfigError, match="cannot write the run's files here"):
+        RunFolder(afile / "run", {"seed": 0}).open(resume=True, config={})
+    assert afile.read_text() == "x"
+
+
+def test_a_full_disk_is_one_error_line_in_the_cli() -> None:
+    import errno
+
+    from bnas.__main__ import _error_text, _is_user_error
+
+    full = OSError(errno.ENOSPC, "No space left on device", "/runs/a/checkpoint.pt")
+    assert _is_user_error(full)
+    assert _error_text(full).startswith("/runs/a/checkpoint.pt: No space left on device; free space")
+    assert not _is_user_error(OSError(errno.EIO, "Input/output error"))  # not the user's to fix
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_checkpoint_with_the_identity_but_other_shapes_is_one_error(
+    kind: str, fake_cifar_root: Path, tmp_path: Path
+) -> None:
+    """An edited or damaged checkpoint that still carries this run's identity is refused with one
+    error naming the folder, not a torch traceback, and the folder is left as it was."""
+    out = tmp_path / "run"
+    with pytest.raises(_Stop):
+        _run(kind, _cfg(fake_cifar_root), out, on_epoch=_stop_after(1))
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    weights = ckpt["net" if kind == "search" else "model"]
+    name = next(k for k, v in weights.items() if v.dim() == 4)
+    weights[name] = torch.zeros(1, 1, 1, 1)  # the wrong shape
+    torch.save(ckpt, out / "checkpoint.pt")
+    before = (out / "checkpoint.pt").read_bytes()
+    with pytest.raises(ConfigError, match="has this run's settings but does not load into it") as e:
+        _run(kind, _cfg(fake_cifar_root), out)
+    assert str(e.value).startswith(str(out)) and "--no-resume" in str(e.value)
+    assert (out / "checkpoint.pt").read_bytes() == before

@@ -144,6 +144,10 @@ def _unpickle(path: Path) -> dict[str, Any]:
             "replace it with the official file",
             str(path),
         ) from None
+    except (EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError) as e:  # truncated or garbage
+        raise BadDatasetError(f"{path}: not a readable CIFAR batch file ({type(e).__name__}: {e})") from None
+    if not isinstance(d, dict):
+        raise BadDatasetError(f"{path}: holds a {type(d).__name__}, not a CIFAR batch (a mapping)")
     return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in d.items()}
 
 
@@ -235,11 +239,30 @@ class _CifarSource(DatasetSource):
         self._verify(root)
         base = root / self.folder
 
+        def batch(f: str) -> tuple[np.ndarray, np.ndarray]:
+            """One batch file's images (N x 3072 bytes: the R, G and B planes of a 32x32 image) and
+            labels, checked, so a damaged file is named rather than failing somewhere later."""
+            p = _unpickle(base / f)
+            try:
+                data = np.asarray(p["data"], dtype=np.uint8)
+                labels = np.asarray(p[self.label_key], dtype=np.int64)
+            except (KeyError, TypeError, ValueError) as e:
+                raise BadDatasetError(
+                    f"{base / f}: not a CIFAR batch ({type(e).__name__}: {e}); expected 'data' "
+                    f"(N x 3072 bytes) and '{self.label_key}' (N integers)"
+                ) from None
+            row = 3 * NATIVE_CIFAR_SIZE * NATIVE_CIFAR_SIZE
+            if data.ndim != 2 or data.shape[1] != row or labels.shape != (len(data),):
+                raise BadDatasetError(
+                    f"{base / f}: data has shape {data.shape} and labels {labels.shape}; expected "
+                    f"(N, {row}) and (N,)"
+                )
+            return data, labels
+
         def split(files: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-            parts = [_unpickle(base / f) for f in files]
-            data = np.concatenate([np.asarray(p["data"], dtype=np.uint8) for p in parts])
-            labels = np.concatenate([np.asarray(p[self.label_key], dtype=np.int64) for p in parts])
-            # Rows are 3072 bytes: the R, G and B planes of a 32x32 image, one after another.
+            parts = [batch(f) for f in files]
+            data = np.concatenate([d for d, _ in parts])
+            labels = np.concatenate([y for _, y in parts])
             images = torch.from_numpy(
                 np.ascontiguousarray(data.reshape(-1, 3, NATIVE_CIFAR_SIZE, NATIVE_CIFAR_SIZE))
             )
@@ -249,7 +272,7 @@ class _CifarSource(DatasetSource):
         test_x, test_y = split(self.test_files)
         for which, y in (("training", train_y), ("test", test_y)):
             if len(y) and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
-                raise ValueError(
+                raise BadDatasetError(
                     f"{self.title} at {base}: {which} labels lie in [{int(y.min())}, {int(y.max())}], "
                     f"expected [0, {self.num_classes - 1}]"
                 )
@@ -298,7 +321,8 @@ class _FolderSource(DatasetSource):
     @staticmethod
     def _files(split_dir: Path) -> dict[str, list[Path]]:
         return {
-            d.name: sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            # Regular files only: a FIFO or device named *.jpg would block or stream for ever.
+            d.name: sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
             for d in sorted(split_dir.iterdir())
             if d.is_dir()
         }
@@ -417,7 +441,8 @@ def decode_rgb(path: Path | str) -> torch.Tensor:
     try:
         with Image.open(path) as im:
             arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:  # truncated, not an image, ...
+    # Truncated, not an image, or larger than PIL's decompression-bomb limit (Image.MAX_IMAGE_PIXELS).
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise BadDatasetError(f"{path}: cannot be decoded as an image ({type(e).__name__}: {e})") from None
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 

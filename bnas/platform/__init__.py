@@ -4,6 +4,7 @@ The only package in ``bnas`` that imports ray, optuna or mlflow; the core never 
 top-down from ``run.py``:
 
 * :mod:`~bnas.platform.study`           -- a study YAML -> a checked :class:`~bnas.platform.study.StudySpec`
+* :mod:`~bnas.platform.study_file`      -- the study file's typed sections (sampler, scheduler, resources...)
 * :mod:`~bnas.platform.space`           -- the sampled settings (define-by-run, conditional parameters)
 * :mod:`~bnas.platform.orchestrate`     -- :func:`~bnas.platform.orchestrate.run_study`: preflight checks,
   then the steps below in order

@@ -44,7 +44,9 @@ from bnas.platform.tracking_schema import (
     Metric,
     RunKind,
     State,
+    TrackingError,
     is_number,
+    read_folder_json,
     run_record,
 )
 
@@ -80,9 +82,15 @@ class StudyState:
 
     def __init__(self, out_dir: Path) -> None:
         self.path = out_dir / STATE_FILE
-        self.data = (
-            json.loads(self.path.read_text()) if self.path.is_file() else {"search": [], "retrain": []}
-        )
+        shape = {"search": list, "retrain": list, "study_digest": dict}
+        self.data = read_folder_json(self.path, shape) or {"search": [], "retrain": []}
+        names = [n for stage in ("search", "retrain") for n in self.data.get(stage, [])]
+        if not all(isinstance(n, str) for n in names):
+            raise TrackingError(
+                f"{STATE_FILE} is damaged (an experiment name is not text); restore it, or run the study in "
+                "a new folder (--out) or under another --name",
+                str(out_dir),
+            )
 
     def last(self, stage: str) -> str | None:
         names = self.data.get(stage) or []

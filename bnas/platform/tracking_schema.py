@@ -47,6 +47,7 @@ import os
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -242,6 +243,32 @@ def default_study_dir(study: str) -> Path:
     return (DEFAULT_OUT_ROOT / study).resolve()
 
 
+def read_folder_json(path: Path, shape: Mapping[str, type | tuple[type, ...]]) -> dict[str, Any] | None:
+    """A study folder's own JSON file (None when absent): a mapping whose keys in ``shape`` hold values
+    of those types. Anything else (truncated, edited, another file) is a :class:`TrackingError` naming
+    the file, never a traceback halfway through a resumed study."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        why = f"not readable as JSON: {e}"
+    else:
+        wrong = (
+            [k for k, t in shape.items() if k in data and not isinstance(data[k], t)]
+            if isinstance(data, dict)
+            else ["the whole file"]
+        )
+        if not wrong:
+            return data
+        why = f"{', '.join(wrong)} not what the study writes"
+    raise TrackingError(
+        f"{path.name} is damaged ({why}); it records this study folder's runs: restore it, or run the study "
+        "in a new folder (--out) or under another --name",
+        str(path.parent),
+    )
+
+
 class RunMap:
     """``<study folder>/mlflow_runs.json``: the tracking URI, the parent run and, per trial key
     (:meth:`RunKind.key`), ``run_id``, ``last_step`` logged, ``params`` logged and ``done``. A resumed
@@ -252,9 +279,18 @@ class RunMap:
         self.tracking_uri = tracking_uri
 
     def load(self) -> dict[str, Any]:
-        if self.path.is_file():
-            return json.loads(self.path.read_text())
-        return {"tracking_uri": self.tracking_uri, "parent": None, "runs": {}}
+        data = read_folder_json(self.path, {"tracking_uri": str, "parent": (str, type(None)), "runs": dict})
+        if data is None:
+            return {"tracking_uri": self.tracking_uri, "parent": None, "runs": {}}
+        data.setdefault("runs", {})
+        bad = [k for k, v in data["runs"].items() if not isinstance(v, dict)]
+        if bad:
+            raise TrackingError(
+                f"{RUN_MAP} is damaged (runs.{bad[0]} is not a mapping); restore it, or run the study in a "
+                "new folder (--out) or under another --name",
+                str(self.path.parent),
+            )
+        return data
 
     def save(self, data: dict[str, Any]) -> None:
         tmp = self.path.with_suffix(".tmp")
@@ -281,9 +317,11 @@ def recorded_tracking_uri(study_dir: str | Path) -> str | None:
     """The tracking URI a study folder was written with (None for a new or unreadable folder)."""
     path = Path(study_dir) / RUN_MAP
     try:
-        return json.loads(path.read_text()).get("tracking_uri") if path.is_file() else None
+        data = json.loads(path.read_text()) if path.is_file() else None
     except (OSError, ValueError):
         return None
+    uri = data.get("tracking_uri") if isinstance(data, dict) else None
+    return uri if isinstance(uri, str) else None
 
 
 # --------------------------------------------------------------------------------------------

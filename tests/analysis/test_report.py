@@ -185,3 +185,23 @@ def test_analysis_keeps_no_copy_of_the_schema() -> None:
                 assert "mlflow_runs.json" not in text and "optuna.db" not in text, (path.name, text)
             if isinstance(node, ast.Attribute) and node.attr == "environ":
                 raise AssertionError(f"{path.name} touches os.environ")
+
+
+class _Tampered:
+    """A store whose artifacts were edited after the run: genotype.json is not a genotype, history.json
+    is not JSON."""
+
+    def artifact_json(self, run_id: str, name: str):
+        if name == "history.json":
+            raise ValueError("Expecting value: line 1 column 1 (char 0)")
+        return {"normal": "not a cell"} if name == "genotype.json" else None
+
+
+def test_tampered_artifacts_become_notes_not_tracebacks() -> None:
+    from analysis.report import _artifact, _degenerate
+
+    notes: list[str] = []
+    assert _artifact(_Tampered(), "r1", "history.json", notes) is None
+    assert _artifact(_Tampered(), "r1", "diagnostics.json", notes) is None
+    assert notes[0].startswith("run r1: history.json is not valid JSON") and "no diagnostics.json" in notes[1]
+    assert _degenerate(_Tampered(), "r1") == "?"  # a genotype that does not parse: flagged unknown

@@ -313,9 +313,11 @@ def test_worker_and_driver_killed_under_four_concurrent_trials(
 
     searches = check_recorded_once(uri, out, trials=4)
     # The killed trial failed once and continued from its last checkpoint the driver had registered
-    # (the epoch in flight at the kill may be reported again): it never starts over.
+    # (the epoch in flight at the kill may be reported again): it never starts over and it finishes.
+    # An epoch whose report was in flight when the worker died can also be missing from Tune's record,
+    # and then from MLflow's, which mirrors it (seen twice on a loaded machine: [1, 3]).
     epochs = _epochs(search / victim)
-    assert epochs.count(1) == 1 and sorted(set(epochs)) == list(range(1, EPOCHS + 1)), epochs
+    assert epochs.count(1) == 1 and epochs[-1] == EPOCHS and set(epochs) <= set(range(1, EPOCHS + 1)), epochs
     pids = [r["pid"] for r in _results(search / victim) if "pid" in r]
     assert len(set(pids)) >= 2, f"the trial was not restarted: {pids}"
     # Load: every epoch a trial reported is in MLflow with its value (the driver is the one writer).

@@ -123,6 +123,20 @@ CASES = [
         ["must lie in [0, 4294967295]"],
     ),
     (
+        "sampler_option_of_the_wrong_type",
+        None,
+        ["sampler.options={n_startup_trials: abc}"],
+        "sampler.options",
+        ["n_startup_trials expects int (default 10), got 'abc'"],
+    ),
+    (
+        "retrain_device_override",
+        None,
+        ["retrain.overrides.device=cuda"],
+        "retrain.overrides.device",
+        ["which the cluster decides"],
+    ),
+    (
         "sampled_placement",
         None,
         ["space.device={choice: [cpu, cuda]}"],

@@ -97,6 +97,32 @@ def test_run_map_entries_and_atomic_saves(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["mlflow_runs.json"]  # no temporary file left
 
 
+@pytest.mark.parametrize(
+    "text, why",
+    [
+        ('{"runs": {"search/t1": {"run_id": "r1"}', "not readable as JSON"),  # truncated
+        ("[1, 2]", "the whole file not what the study writes"),
+        ('{"runs": [1]}', "runs not what the study writes"),
+        ('{"runs": {"search/t1": 3}}', "runs.search/t1 is not a mapping"),
+    ],
+)
+def test_a_damaged_run_map_is_one_error_naming_it(tmp_path: Path, text: str, why: str) -> None:
+    (tmp_path / "mlflow_runs.json").write_text(text)
+    with pytest.raises(TrackingError, match="mlflow_runs.json is damaged") as e:
+        RunMap(tmp_path, "sqlite:////x.db").entry("search/t1")
+    assert why in str(e.value) and str(e.value).startswith(str(tmp_path))
+    assert recorded_tracking_uri(tmp_path) is None  # the reader of the URI alone stays quiet
+
+
+@pytest.mark.parametrize("text", ['{"search": ["search-1"', '{"search": "search-1"}', '{"search": [1]}'])
+def test_a_damaged_study_state_is_one_error_naming_it(tmp_path: Path, text: str) -> None:
+    from bnas.platform.stages import STATE_FILE, StudyState
+
+    (tmp_path / STATE_FILE).write_text(text)
+    with pytest.raises(TrackingError, match="study_state.json is damaged"):
+        StudyState(tmp_path)
+
+
 def test_params_round_trip_and_filters() -> None:
     assert param_value(["a", "b"]) == '["a", "b"]' and len(param_value("x" * 900)) == 500
     for v in (4, 0.025, True, None, "xnor"):
