@@ -109,8 +109,9 @@ def _load_study(args: argparse.Namespace) -> StudySpec:
 
     Where no root is named anywhere (the default ``./data``), a missing CIFAR dataset is downloaded
     there (``data.download``: torchvision, official checksums): a first run on a machine with internet
-    just works. A named root is never downloaded into unless the study says ``data.download: true``,
-    so a mistyped path is an error, not a 170 MB download into it.
+    just works (``--check`` never downloads: it reports the dataset missing). A named root is never
+    downloaded into unless the study says ``data.download: true``, so a mistyped path is an error, not
+    a 170 MB download into it.
     """
     from bnas.data import DEFAULT_ROOT, resolve_data_root
     from bnas.platform.identity import check_name
@@ -121,6 +122,8 @@ def _load_study(args: argparse.Namespace) -> StudySpec:
     configured = spec.base_config.data.root
     root = resolve_data_root(args.data_root, configured, os.environ)
     fetch = root == Path(DEFAULT_ROOT).resolve() and not spec.base_config.data.download
+    if fetch and args.check:
+        fetch = False  # --check creates nothing: a missing dataset is reported, not downloaded
     if fetch:
         overrides.append("fixed.data.download=true")  # nothing named a root: ./data, fetched if missing
     if fetch or configured is None or root != Path(configured):
@@ -195,7 +198,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         outcome = run_study(spec, opts)
     except (ConfigError, DatasetNotFoundError, BadDatasetError, GenotypeError, UnknownNameError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        text = str(e)
+        if args.check and isinstance(e, DatasetNotFoundError) and not args.data_root:
+            text += (
+                " (--check never downloads; a run without it fetches CIFAR into ./data when no root is named)"
+            )
+        print(f"error: {text}", file=sys.stderr)
         return 2
     except OSError as e:
         if (text := user_os_error(e)) is None:

@@ -141,7 +141,7 @@ def train_epoch(
         progress.update(step + 1)
         if log is not None and time.perf_counter() - last_log > BATCH_LOG_INTERVAL_S:
             last_log = time.perf_counter()
-            log(progress.line(f"loss {loss_m.avg:.4f} acc {acc_m.avg:.2%}"))
+            log(progress.line(f"loss {loss_m.avg:.4f} acc {acc_m.avg:.3f}"))
     return {"train_loss": loss_m.avg, "train_acc": acc_m.avg}
 
 
@@ -338,8 +338,8 @@ def _retrain(
         progress.update(epoch + 1)
         say(
             progress.line(
-                f"train loss {train['train_loss']:.4f} acc {train['train_acc']:.2%} | "
-                f"test loss {test['loss']:.4f} acc {test['acc']:.2%} | lr {lr:.2e}"
+                f"train loss {train['train_loss']:.4f} acc {train['train_acc']:.3f} | "
+                f"test loss {test['loss']:.4f} acc {test['acc']:.3f} | lr {lr:.2e}"
             )
         )
         if on_epoch is not None:
@@ -369,7 +369,7 @@ def _retrain(
     }
     folder.write_final(final)
     say(
-        f"done: test acc {final['test_acc']:.2%} after {r.epochs} epochs "
+        f"done: test acc {final['test_acc']:.3f} after {r.epochs} epochs "
         f"in {format_duration(final['wall_time_s'])}; "
         f"{size['params']:,} params ({size['binary_params']:,} binary), packed {size['packed_bytes']:,} B "
         f"vs fp32 {size['fp32_bytes']:,} B -> {out / PACKED}"

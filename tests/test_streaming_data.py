@@ -58,7 +58,11 @@ def test_index_lists_every_file_once_with_per_class_counts(folder: Path) -> None
     assert index.counts("test") == {"ant": 3, "bee": 3, "cow": 3}
     assert len(set(index.train_files.tolist())) == len(index.train_files) == 24
     line = describe_classes(_cfg(folder))
-    assert "3 classes, 24 train / 9 test" in line and "ant 8/3" in line
+    assert (
+        "3 classes, 24 train / 9 test images on disk" in line and "ant 8/3" in line and "in use" not in line
+    )
+    # The header says which subset is in force (a search on 12 of the 24 images says so).
+    assert describe_classes(_cfg(folder, train_subset=12)).endswith("; in use: train_subset 12 (data.*)")
 
 
 @pytest.mark.parametrize("storage", STORAGES)

@@ -260,9 +260,13 @@ def describe_classes(cfg: DataConfig, limit: int = 12) -> str:
     more = len(train) - limit
     tail = f", ... ({more} more)" if more > 0 else ""
     lo, hi = min(train.values()), max(train.values())
+    used = [
+        f"{what} {n}" for what, n in (("train_subset", cfg.train_subset), ("test_subset", cfg.test_subset)) if n
+    ]
+    in_force = f"; in use: {', '.join(used)} (data.*)" if used else ""
     return (
         f"{len(train)} classes, {sum(train.values())} train / {sum(test.values())} {index.test_split} images "
-        f"(per class train/test: {', '.join(parts)}{tail}; train min {lo}, max {hi})"
+        f"on disk (per class train/test: {', '.join(parts)}{tail}; train min {lo}, max {hi}){in_force}"
     )
 
 

@@ -249,22 +249,26 @@ def plan_trials(spec: StudySpec, cluster: dict[str, float]) -> TrialPlan:
     cpus, gpus = float(cluster.get("CPU", 0)), float(cluster.get("GPU", 0))
     want = spec.resources
     gpu = (1.0 if gpus >= 1 else 0.0) if want.gpu == "auto" else float(want.gpu)
+    problems: list[tuple[str, str]] = []  # every resource problem at once: one fix, one rerun
     if gpu > 0 and gpus == 0:
-        raise ConfigError(
-            f"asks for {gpu:g} GPU per trial but the Ray cluster has no GPU (it has "
-            f"{cpus:g} CPUs); use resources.gpu: auto or 0 (or --set resources.gpu=0)",
-            spec.source,
-            "resources.gpu",
+        problems.append(
+            (
+                "resources.gpu",
+                f"asks for {gpu:g} GPU per trial but the Ray cluster has no GPU (it has {cpus:g} CPUs); "
+                "use resources.gpu: auto or 0 (or --set resources.gpu=0)",
+            )
         )
-    if gpu > gpus:
-        raise ConfigError(
-            f"asks for {gpu:g} GPUs per trial but the cluster has {gpus:g}", spec.source, "resources.gpu"
-        )
+    elif gpu > gpus:
+        problems.append(("resources.gpu", f"asks for {gpu:g} GPUs per trial but the cluster has {gpus:g}"))
     if want.cpu > cpus:
-        raise ConfigError(
-            f"asks for {want.cpu:g} CPUs per trial but the cluster has {cpus:g}; a trial would wait forever",
-            spec.source,
-            "resources.cpu",
+        problems.append(
+            (
+                "resources.cpu",
+                f"asks for {want.cpu:g} CPUs per trial but the cluster has {cpus:g}; a trial would wait "
+                f"forever (--set resources.cpu={max(1, int(cpus))})",
+            )
         )
+    if problems:
+        raise ConfigError.collect(problems, spec.source)
     resources = {"cpu": want.cpu, "gpu": gpu}
     return TrialPlan(resources, "cuda" if gpu > 0 else "cpu", max(1, int(want.cpu)))

@@ -46,22 +46,23 @@ def test_no_data_flag_downloads_cifar_into_dot_data(
     served,  # noqa: F811  (the fixture imported above)
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """With no root named anywhere, a run fetches CIFAR-10 into ./data; --check never downloads: it
+    names the missing dataset and creates nothing."""
     url, www, files = served
     _point_torchvision_at(monkeypatch, f"{url}/{ARCHIVE}", www, files)
-    rc = run_main(
-        [
-            "--study",
-            "bnas_smoke",
-            "--check",
-            "--mlflow-uri",
-            f"sqlite:///{fresh_folder / 'm.db'}",
-            "--set",
-            "fixed.data.train_subset=64",
-            "--set",
-            "fixed.data.test_subset=10",
-        ]
-    )
-    assert rc == 0, capsys.readouterr().err
+    argv = ["--study", "bnas_smoke", "--mlflow-uri", f"sqlite:///{fresh_folder / 'm.db'}"]
+    argv += ["--set", "fixed.data.train_subset=64", "--set", "fixed.data.test_subset=10"]
+    assert run_main([*argv, "--check"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: CIFAR-10 not found") and "--check never downloads" in err, err
+    assert sorted(p.name for p in fresh_folder.iterdir()) == []  # no ./data, no store
+    # A run's steps before Ray: loading the study (download on: no root was named), then the dataset.
+    from bnas.platform.orchestrate import check_dataset
+
+    load, parse = run_main.__globals__["_load_study"], run_main.__globals__["parse_args"]
+    spec = load(parse(argv))
+    assert spec.base_config.data.download
+    check_dataset(spec)
     assert (fresh_folder / "data" / "cifar-10-batches-py" / "data_batch_1").is_file()
 
 
@@ -80,7 +81,8 @@ def test_offline_first_run_says_how_to_point_at_a_copy(
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     monkeypatch.setattr(tvd.CIFAR10, "url", f"http://127.0.0.1:{port}/{ARCHIVE}")
-    rc = run_main(["--study", "bnas_smoke", "--check", "--mlflow-uri", f"sqlite:///{fresh_folder / 'm.db'}"])
+    # A run (not --check, which never downloads) fails in its preflight, before Ray starts.
+    rc = run_main(["--study", "bnas_smoke", "--quiet", "--mlflow-uri", f"sqlite:///{fresh_folder / 'm.db'}"])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: CIFAR-10: download into ") and err.count("\n") == 1, err
     assert "Without network" in err and "--data-root" in err and "$BNAS_DATA_ROOT" in err

@@ -236,6 +236,11 @@ def test_gpu_request_against_the_cluster(tmp_path: Path) -> None:
     auto = load_study(str(write_study(tmp_path, MINIMAL + "resources: {cpu: 1, gpu: auto}\n", "auto")))
     assert plan_trials(auto, {"CPU": 2.0}).resources == {"cpu": 1, "gpu": 0.0}
     assert plan_trials(auto, {"CPU": 2.0, "GPU": 1.0}).resources == {"cpu": 1, "gpu": 1.0}
+    both = load_study(str(write_study(tmp_path, MINIMAL + "resources: {cpu: 8, gpu: 1}\n", "both")))
+    with pytest.raises(ConfigError) as e:  # every resource problem in one error: one fix, one rerun
+        plan_trials(both, {"CPU": 2.0})
+    assert [k for k, _ in e.value.problems] == ["resources.gpu", "resources.cpu"]
+    assert "--set resources.cpu=2" in str(e.value)
     big = load_study(str(write_study(tmp_path, MINIMAL + "resources: {cpu: 8}\n", "big")))
     with pytest.raises(ConfigError, match="wait forever"):
         plan_trials(big, {"CPU": 2.0})
