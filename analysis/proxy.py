@@ -142,8 +142,10 @@ def plot_proxy_correlation(points: pd.DataFrame, summary: dict[str, Any]) -> Fig
         else:
             ax.scatter(ok[col], ok["test_acc"], color="#1f5fa8", s=36, zorder=3)
             ax.grid(alpha=0.3)
-        judged = "" if summary.get("judged") else f" -- cannot judge below {MIN_GENOTYPES}"
-        ax.set_title(f"Kendall tau = {_fmt(stat['tau'])} (n = {stat['n']}){judged}", fontsize=9)
+        if summary.get("judged"):
+            ax.set_title(f"Kendall tau = {_fmt(stat['tau'])} (n = {stat['n']})", fontsize=9)
+        else:  # a tau from 2 or 3 points is noise: it is not printed, as the verdict says
+            ax.set_title(f"n = {stat['n']}: too few to judge (at least {MIN_GENOTYPES})", fontsize=9)
         ax.set_xlabel(label)
         ax.set_ylabel("retrained test accuracy (mean over seeds)")
     fig.suptitle("Does the search's proxy rank architectures as retraining does?", fontsize=10)

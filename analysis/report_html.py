@@ -176,10 +176,11 @@ def render(
     cs = cost_summary
     total = (
         f"{cs.get('trials', 0)} search trial(s) ({cs.get('complete', 0)} complete) used "
-        f"{cs.get('total_device_s', 0):.1f} s of device time; their runs took "
-        f"{cs.get('total_trial_wall_s', 0):.1f} s of wall time in all; the study (first run start to last "
-        f"run end) took {cs.get('study_wall_s', math.nan):.1f} s including "
-        f"{cs.get('retrain_wall_s', 0):.1f} s of retraining runs."
+        f"{cs.get('total_device_s', 0):.1f} s of device time; their wall times add up to "
+        f"{cs.get('total_trial_wall_s', 0):.1f} s and the retraining runs' to "
+        f"{cs.get('retrain_wall_s', 0):.1f} s (trials run side by side, so these sums can exceed the "
+        f"study's span); the study ran "
+        f"{cs.get('study_wall_s', math.nan):.1f} s from its first run's start to its last run's end."
         if cs.get("trials")
         else ""
     )

@@ -373,7 +373,8 @@ def plot_reduction_history(
         fig = ax.figure
     ax.set_title(f"{CELL_TITLES[cell]}: operation removed per edge and stage (score)", fontsize=11)
     ax.set_yticks(range(n_edges))
-    ax.set_yticklabels([edge_label(e, steps) for e in range(n_edges)], fontsize=8)
+    # Mathtext node names (as in the cell drawings), not the plain-text c_{k-2} of edge_label.
+    ax.set_yticklabels([f"{node_label(i)}$\\to${node_label(j)}" for i, j in ends], fontsize=8)
     ax.set_ylim(n_edges - 0.5, -0.5)
     if not stages:
         ax.set_xticks([])

@@ -137,7 +137,8 @@ def test_reduction_history_picture(cell: str, tmp_path: Path) -> None:
     hist = _history()
     fig = plot_reduction_history(hist, cell)
     ax = fig.axes[0]
-    assert [t.get_text() for t in ax.get_yticklabels()][:2] == ["c_{k-2}->0", "c_{k-1}->0"]
+    # Mathtext, as in the cell drawings: rendered as c with subscript k-2, an arrow, 0.
+    assert [t.get_text() for t in ax.get_yticklabels()][:2] == ["$c_{k-2}$$\\to$0", "$c_{k-1}$$\\to$0"]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "3", "left"]
     texts = [t.get_text() for t in ax.texts]
     # One text per (edge, stage) record of this cell with the dropped op's score, plus the "left" column.
