@@ -193,8 +193,7 @@ class ExperimentConfig(Section):
 
     def digest(self) -> str:
         """First 12 hex digits of SHA-256 of all the settings as sorted JSON (placement included)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:12]
+        return _sha12(self.to_dict())
 
     def result_digest(self) -> str:
         """First 12 hex digits of SHA-256 of :meth:`result_identity` as sorted JSON.
@@ -202,8 +201,12 @@ class ExperimentConfig(Section):
         The one identity rule: a checkpoint, a study and a retraining record are "the same run"
         when this digest is; placement settings (:data:`PLACEMENT_KEYS`) never enter it.
         """
-        blob = json.dumps(self.result_identity(), sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()[:12]
+        return _sha12(self.result_identity())
+
+
+def _sha12(data: Any) -> str:
+    """First 12 hex digits of SHA-256 of ``data`` as sorted JSON (non-JSON values as their str)."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 #: Dotted keys of the settings declared ``affects_results=False`` (where and how fast a run computes:

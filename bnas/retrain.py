@@ -63,7 +63,15 @@ from bnas.runtime import (
     seed_everything,
     set_rng_state,
 )
-from bnas.training import PhaseTimer, RunFolder, derive_seed, isolated_rng, timed_batches, unloadable
+from bnas.training import (
+    UNLOADABLE,
+    PhaseTimer,
+    RunFolder,
+    derive_seed,
+    isolated_rng,
+    timed_batches,
+    unloadable,
+)
 
 GENOTYPE = "genotype.json"
 PACKED = "model.bnas"
@@ -276,7 +284,7 @@ def _retrain(
             set_rng_state(ckpt["rng"], device)
             start_epoch, history, elapsed_before = ckpt["epoch"], list(ckpt["metrics"]), ckpt["elapsed_s"]
             timer.add(ckpt.get("phase_times_s", {}))  # a resumed run reports the whole run's phases
-        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+        except UNLOADABLE as e:
             raise ConfigError(unloadable(e), source=str(folder.path)) from None
         say(f"resuming from {folder.checkpoint_path} after epoch {start_epoch}/{r.epochs}")
 

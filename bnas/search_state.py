@@ -21,7 +21,7 @@ from bnas.architect import Architect
 from bnas.errors import ConfigError
 from bnas.reduction import ReductionStrategy
 from bnas.supernet import SuperNetwork
-from bnas.training import CHECKPOINT, unloadable
+from bnas.training import CHECKPOINT, UNLOADABLE, unloadable
 
 #: Format of the search checkpoint; a checkpoint of another version is refused.
 CHECKPOINT_VERSION = 2
@@ -89,7 +89,7 @@ class SearchState:
             return cls._restore(ckpt, build, source)
         except ConfigError:
             raise
-        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+        except UNLOADABLE as e:
             raise ConfigError(unloadable(e), source=source) from None
 
     @classmethod

@@ -232,6 +232,11 @@ def identity_diff(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[
     ]
 
 
+#: What loading a checkpoint's entries into rebuilt objects raises when the file has this run's identity
+#: but not its shapes or keys (torch's load_state_dict: RuntimeError; a missing or mistyped entry: the rest).
+UNLOADABLE = (KeyError, TypeError, ValueError, RuntimeError, AttributeError)
+
+
 def unloadable(e: BaseException) -> str:
     """The problem text of a checkpoint that has this run's identity but does not load into its objects
     (edited, damaged, or written by a version with other tensor shapes)."""

@@ -127,13 +127,19 @@ def parse_yaml_text(text: str, source: str = "<text>") -> Any:
     :class:`ConfigError` naming it, and so is text beyond the bounds (module docstring). Syntax errors
     propagate as :class:`yaml.YAMLError`."""
     _check_bounds(text, source)
-    root = yaml.compose(text, Loader=_SAFE)
-    if root is not None:
+    # One loader composes the node graph (checked here) and then builds the data from that same graph.
+    loader = _SAFE(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            return None
         _expanded_values(root, {}, source)
-    duplicates = _duplicate_keys(root)
-    if duplicates:
-        raise ConfigError.collect(duplicates, source)
-    return yaml.load(text, Loader=_SAFE)  # noqa: S506 (a safe loader)
+        duplicates = _duplicate_keys(root)
+        if duplicates:
+            raise ConfigError.collect(duplicates, source)
+        return loader.construct_document(root)
+    finally:
+        loader.dispose()
 
 
 def read_yaml(path: str | Path) -> Any:

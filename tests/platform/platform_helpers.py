@@ -122,3 +122,23 @@ class SmokeStudy:
     @property
     def optuna_storage(self) -> str:
         return f"sqlite:///{self.out_dir / 'optuna.db'}"
+
+
+#: Environment variables run.py's main sets or reads (Ray, MLflow, the data root).
+RUN_PY_ENV = (
+    "RAY_USAGE_STATS_ENABLED",
+    "RAY_AUTH_MODE",
+    "RAY_ADDRESS",
+    "BNAS_DATA_ROOT",
+    "MLFLOW_TRACKING_URI",
+    "RAY_AIR_NEW_OUTPUT",
+    "MLFLOW_LOGGING_LEVEL",
+)
+
+
+def isolate_run_env(monkeypatch, tmp_path: Path) -> None:
+    """An in-process run.main that gives its environment variables back afterwards and runs in
+    ``tmp_path`` (MLflow's default artifact folder is ./mlruns)."""
+    monkeypatch.chdir(tmp_path)
+    for var in RUN_PY_ENV:
+        monkeypatch.delenv(var, raising=False)

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
-from platform_helpers import free_port, load_run_main, run_cli, smoke_args
+from platform_helpers import free_port, isolate_run_env, load_run_main, run_cli, smoke_args
 
 from bnas.platform.tracking import StudyTracker, TrackerConfig
 
@@ -22,19 +22,8 @@ def run_main():
 
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """run.main sets Ray's environment variables; give them back afterwards. Run in ``tmp_path``
-    (MLflow's default artifact folder is ./mlruns)."""
-    monkeypatch.chdir(tmp_path)
-    for var in (
-        "RAY_USAGE_STATS_ENABLED",
-        "RAY_AUTH_MODE",
-        "RAY_ADDRESS",
-        "BNAS_DATA_ROOT",
-        "MLFLOW_TRACKING_URI",
-        "RAY_AIR_NEW_OUTPUT",
-        "MLFLOW_LOGGING_LEVEL",
-    ):
-        monkeypatch.delenv(var, raising=False)
+    """run.main sets Ray's environment variables; give them back afterwards (run in ``tmp_path``)."""
+    isolate_run_env(monkeypatch, tmp_path)
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
 
 

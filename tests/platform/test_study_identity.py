@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from platform_helpers import load_run_main
+from platform_helpers import isolate_run_env, load_run_main
 
 from bnas.config import PLACEMENT_KEYS
 from bnas.platform.callbacks import retrain_key_digest
@@ -33,17 +33,7 @@ def run_main():
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """run.main sets environment variables: give them back afterwards; run in ``tmp_path``."""
-    monkeypatch.chdir(tmp_path)
-    for var in (
-        "RAY_USAGE_STATS_ENABLED",
-        "RAY_AUTH_MODE",
-        "RAY_ADDRESS",
-        "BNAS_DATA_ROOT",
-        "MLFLOW_TRACKING_URI",
-        "RAY_AIR_NEW_OUTPUT",
-        "MLFLOW_LOGGING_LEVEL",
-    ):
-        monkeypatch.delenv(var, raising=False)
+    isolate_run_env(monkeypatch, tmp_path)
 
 
 def _tracker_config(spec, root: Path, uri: str, state_dir: Path) -> TrackerConfig:
