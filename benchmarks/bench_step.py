@@ -60,27 +60,36 @@ class Variant:
     net: SuperNetwork
     w_opt: torch.optim.Optimizer
     a_opt: torch.optim.Optimizer
+    per_edge: bool = False
 
     @property
     def label(self) -> str:
-        return f"{self.method}:{self.k}"
+        return f"{self.method}:{self.k}" + (f":{PER_EDGE}" if self.per_edge else "")
 
 
-def parse_variants(text: str) -> list[tuple[str, int]]:
-    """``"fp:4,xnor:2"`` -> [("fp", 4), ("xnor", 2)]; methods are checked against the registry;
-    ``pcdarts:K`` is PC-DARTS's own network design (:mod:`pcdarts_reference`, full precision)."""
+#: Variant suffix: the mixed pass one edge at a time (``runtime.batch_edges: false``).
+PER_EDGE = "per-edge"
+
+
+def parse_variants(text: str) -> list[tuple[str, int, bool]]:
+    """``"fp:4,xnor:2:per-edge"`` -> [("fp", 4, False), ("xnor", 2, True)]; methods are checked against
+    the registry; ``pcdarts:K`` is PC-DARTS's own network design (:mod:`pcdarts_reference`, full
+    precision); the ``:per-edge`` suffix runs the edges one at a time instead of batched."""
     out = []
     for item in text.split(","):
-        method, _, k = item.strip().partition(":")
+        method, _, rest = item.strip().partition(":")
+        k, _, suffix = rest.partition(":")
         if method != REFERENCE:
             BINARIZATIONS.get(method)  # unknown names raise with the valid list
-        if not k.isdigit() or int(k) < 1:
-            raise SystemExit(f"variant {item!r}: expected METHOD:K with K >= 1")
-        out.append((method, int(k)))
+        if not k.isdigit() or int(k) < 1 or suffix not in ("", PER_EDGE) or (suffix and method == REFERENCE):
+            raise SystemExit(f"variant {item!r}: expected METHOD:K[:{PER_EDGE}] with K >= 1")
+        out.append((method, int(k), bool(suffix)))
     return out
 
 
-def build(method: str, k: int, args: argparse.Namespace, device: torch.device) -> Variant:
+def build(
+    method: str, k: int, args: argparse.Namespace, device: torch.device, per_edge: bool = False
+) -> Variant:
     torch.manual_seed(0)  # the same initial weights and alphas for every variant of a K
     if method == REFERENCE:
         net = PCDartsNetwork(args.channels, 10, args.layers, k).to(device)
@@ -91,11 +100,12 @@ def build(method: str, k: int, args: argparse.Namespace, device: torch.device) -
         net = SuperNetwork(
             args.channels, 10, args.layers, ops, k, BinarySpec(method, args.activations, PCNN_LAMBDA)
         ).to(device)
+        net.batch_edges = not per_edge
     w_opt = torch.optim.SGD(net.weight_parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
     a_opt = torch.optim.Adam(
         net.arch_parameters(), lr=ARCH_LR, betas=(ARCH_BETA1, 0.999), weight_decay=ARCH_WEIGHT_DECAY
     )
-    return Variant(method, k, net, w_opt, a_opt)
+    return Variant(method, k, net, w_opt, a_opt, per_edge)
 
 
 def train_step(v: Variant, x: torch.Tensor, y: torch.Tensor, arch_step: bool) -> float:
@@ -135,6 +145,33 @@ def profile(v: Variant, x: torch.Tensor, y: torch.Tensor, args: argparse.Namespa
     return prof.key_averages().table(sort_by=sort, row_limit=top, max_name_column_width=40)
 
 
+def write_results(
+    args: argparse.Namespace, rows: list[dict], report: list[str], wall_s: float, argv: list[str] | None
+) -> None:
+    """``results.json`` (provenance, arguments, rows) and ``step.md`` (the printed table) in ``args.out``."""
+    from provenance import provenance
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    meta = provenance(sys.argv[1:] if argv is None else argv, wall_s, Path(__file__).name)
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    (args.out / "results.json").write_text(
+        json.dumps({"meta": meta, "args": settings, "results": rows}, indent=2) + "\n"
+    )
+    header, table = report[0], report[1:]
+    text = [
+        "# Super-network step",
+        f"commit {meta['commit'][:7]}",
+        "",
+        header + ".",
+        "",
+        "```",
+        *table,
+        "```",
+    ]
+    (args.out / "step.md").write_text("\n".join(text) + "\n")
+    print(f"results written to {args.out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--variants", default=DEFAULT_VARIANTS, help="METHOD:K list, comma separated")
@@ -166,11 +203,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile-steps", type=int, default=3)
     p.add_argument("--top", type=int, default=15, help="rows of the profile table")
     p.add_argument("--json", action="store_true", help="also print the results as one JSON line")
+    p.add_argument(
+        "--out", type=Path, default=None, help="write results.json (with provenance) and step.md there"
+    )
     args = p.parse_args(argv)
+    started = time.perf_counter()
+    report: list[str] = []
+
+    def say(line: str) -> None:
+        print(line)
+        report.append(line)
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    variants = [build(m, k, args, device) for m, k in parse_variants(args.variants)]
+    variants = [build(m, k, args, device, pe) for m, k, pe in parse_variants(args.variants)]
     g = torch.Generator().manual_seed(1)
     x = torch.randn(args.batch, 3, args.image_size, args.image_size, generator=g).to(device)
     y = torch.randint(0, 10, (args.batch,), generator=g).to(device)
@@ -187,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
                 times[v.label].append(clock() - t0)
 
     median = {label: statistics.median(t) * 1e3 for label, t in times.items()}
-    print(
+    say(
         f"super-network step: {args.layers} cells, C={args.channels}, batch {args.batch}, "
         f"{args.image_size}x{args.image_size}, {args.ops} ops/edge, activations {args.activations}, "
         f"{'+ arch step, ' if args.arch_step else ''}{device}, {torch.get_num_threads()} thread(s), "
@@ -196,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     # Ratios to fp at the same K: of the medians, of the minima, and the median of the per-round ratios
     # (a variant and its fp ran seconds apart in each round, so a shared CPU's load mostly cancels).
     # With a pcdarts:K variant, every variant of that K is compared with it instead of fp.
-    print(
+    say(
         f"{'variant':<16}{'ms/step':>9}{'min':>8}{'max':>8}{'img/s':>7}"
         f"{'x ref (median)':>15}{'x ref (min)':>12}{'x ref (paired)':>15}   ref"
     )
@@ -214,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             cols = "".join(f"{r:>{w}.3f}" for r, w in zip(ratios, (15, 12, 15), strict=True))
         else:
             ratios, cols = (None, None, None), f"{'-':>15}{'-':>12}{'-':>15}"
-        print(
+        say(
             f"{v.label:<16}{ms:>9.1f}{min(t) * 1e3:>8.1f}{max(t) * 1e3:>8.1f}"
             f"{args.batch / ms * 1e3:>7.1f}{cols}   {ref if fp else '-'}"
         )
@@ -228,7 +274,9 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
     if args.json:
-        print(json.dumps({"args": vars(args), "results": rows}))
+        print(json.dumps({"args": vars(args), "results": rows}, default=str))
+    if args.out is not None:
+        write_results(args, rows, report, time.perf_counter() - started, argv)
 
     by_label = {v.label: v for v in variants}
     for label in filter(None, (s.strip() for s in args.profile.split(","))):

@@ -31,6 +31,7 @@ RESULTS: tuple[tuple[str, str, str], ...] = (
         "docs/results/schedules_defaults",
         "schedules.md",
     ),
+    ("Super-network step: batched edges against PC-DARTS's network", "docs/results/step_cpu", "step.md"),
     ("Model size at the paper's network size", "docs/results/model_sizes", "sizes.md"),
 )
 

@@ -315,13 +315,17 @@ class BinaryConv2d(nn.Conv2d):
     def binarized_weight(self) -> torch.Tensor:
         return self.method.weight(self)
 
+    def current_weight(self) -> torch.Tensor:
+        """The weight this pass uses: bound by a :class:`BatchedBinarization`, else binarized now."""
+        w = self._batched_weight
+        return self.method.weight(self) if w is None else w
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.binary_input:
             x = sign_ste(x)
-        w = self._batched_weight
-        if w is None:
-            w = self.method.weight(self)
-        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return F.conv2d(
+            x, self.current_weight(), self.bias, self.stride, self.padding, self.dilation, self.groups
+        )
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", binarization={self.method.name}"

@@ -143,6 +143,12 @@ class FactorizedReduce(nn.Module):
         return self.bn(torch.cat([self.conv_1(x), self.conv_2(y)], dim=1))
 
 
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """(N, C, H, W): view channels as (groups, C/groups), transpose, flatten (ShuffleNet)."""
+    n, c, h, w = x.shape
+    return x.view(n, groups, c // groups, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
+
+
 class Zero(nn.Module):
     """The ``none`` operation: zeros with the output shape."""
 

@@ -180,6 +180,7 @@ class Search(SharedWeightScoring):
             in_channels=self.info.in_channels,
             edge_ops=edge_ops,
         ).to(self.device)
+        net.batch_edges = cfg.runtime.batch_edges
         self.fast.prepare(net)
         w_opt = torch.optim.SGD(
             net.weight_parameters(), lr=sc.lr, momentum=sc.momentum, weight_decay=sc.weight_decay

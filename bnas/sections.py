@@ -357,9 +357,10 @@ class RuntimeConfig(Section):
     """How fast a run computes on its device (:mod:`bnas.accel`), never what it computes.
 
     ``auto`` turns a speed-up on for CUDA and leaves it off on the CPU, so CPU results stay bit for bit
-    what they were. Switched on, bf16 autocast and channels_last change the numbers within float
-    tolerance (not bit for bit); none of these settings is part of a checkpoint's identity, so a run
-    may resume on another device with other settings.
+    what they were; ``batch_edges`` is on everywhere (it changes the order of float sums only).
+    Switched on, bf16 autocast and channels_last change the numbers within float tolerance (not bit for
+    bit); none of these settings is part of a checkpoint's identity, so a run may resume on another
+    device with other settings.
     """
 
     amp: Literal["auto", "bf16", "off"] | bool = setting(
@@ -394,6 +395,14 @@ class RuntimeConfig(Section):
         "data_on_device auto: the images may take at most this share of free device memory",
         gt=0,
         le=1,
+        affects_results=False,
+    )
+    batch_edges: bool = setting(
+        True,
+        "[D]",
+        "the super-network's mixed pass runs the edges of a cell that leave the same states as one "
+        "grouped convolution per operation (bnas.batched_edges); the same maths as one edge at a time, "
+        "float sums in another order (last bits)",
         affects_results=False,
     )
     compile: bool = setting(

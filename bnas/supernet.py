@@ -32,15 +32,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bnas.batched_edges import CellPlan
 from bnas.binarization import BatchedBinarization, BinaryConv2d, BinarySpec
-from bnas.operations import FactorizedReduce, ReLUConvBN, imagenet_stems, make_op
+from bnas.operations import (  # noqa: F401
+    FactorizedReduce,
+    ReLUConvBN,
+    channel_shuffle,
+    imagenet_stems,
+    make_op,
+)
 from bnas.search_space import CELL_TYPES, edge_endpoints, num_edges  # noqa: F401  (re-exported)
-
-
-def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """(N, C, H, W): view channels as (groups, C/groups), transpose, flatten (ShuffleNet)."""
-    n, c, h, w = x.shape
-    return x.view(n, groups, c // groups, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
 
 
 class MixedOp(nn.Module):
@@ -210,6 +211,16 @@ class SearchCell(nn.Module):
         for (src, _dst), names in zip(edge_endpoints(steps), edge_ops, strict=True):
             stride = 2 if reduction and src < 2 else 1
             self.edges.append(MixedOp(C, stride, names, k, spec))
+        self.forget_plan()
+
+    def forget_plan(self) -> None:
+        """Drop the batched-edges plan (:mod:`bnas.batched_edges`): the operation lists changed."""
+        self._plan: CellPlan | None | bool = False  # False: not built yet; None: no batched form
+
+    def plan(self) -> CellPlan | None:
+        if self._plan is False:
+            self._plan = CellPlan.build(self)
+        return self._plan  # type: ignore[return-value]
 
     def forward(
         self,
@@ -218,8 +229,12 @@ class SearchCell(nn.Module):
         op_weights: list[torch.Tensor] | None,
         edge_weights: torch.Tensor,
         choice: list[str | None] | list[tuple[str, ...] | None] | None = None,
+        batch_edges: bool = False,
     ) -> torch.Tensor:
         states = [self.preprocess0(s0), self.preprocess1(s1)]
+        if choice is None and batch_edges and (plan := self.plan()) is not None:
+            assert op_weights is not None
+            return plan.forward(states, op_weights, edge_weights)
         offset = 0
         for i in range(self.steps):
             n_in = 2 + i
@@ -248,6 +263,9 @@ class SuperNetwork(nn.Module):
     ``forward(x)`` mixes all remaining operations with softmax(alpha) and softmax(beta);
     ``forward(x, selection)`` runs a discrete sub-network (see :class:`Selection`).
     """
+
+    #: The mixed pass batches the edges of each cell (:mod:`bnas.batched_edges`; ``runtime.batch_edges``).
+    batch_edges: bool = True
 
     def __init__(
         self,
@@ -412,6 +430,7 @@ class SuperNetwork(nn.Module):
         for cell in self.cells:
             if cell.cell_type == cell_type:
                 cell.edges[edge].remove(name)
+                cell.forget_plan()
 
     def ops_per_edge(self) -> float:
         counts = [len(n) for t in CELL_TYPES for n in self.edge_ops[t]]
@@ -445,7 +464,7 @@ class SuperNetwork(nn.Module):
         for cell in self.cells:
             op_w, edge_w = weights[cell.cell_type]
             choice = selection.for_cell(cell.cell_type) if selection is not None else None
-            s0, s1 = s1, cell(s0, s1, op_w, edge_w, choice)
+            s0, s1 = s1, cell(s0, s1, op_w, edge_w, choice, self.batch_edges)
         return self.classifier(self.global_pooling(s1).flatten(1))
 
 

@@ -118,6 +118,7 @@ def test_removed_op_is_no_longer_computed_nor_held() -> None:
             assert ("sep_conv_5x5" in edge.ops) == (cell.cell_type == "reduce")
             for name, op in edge.ops.items():
                 op.register_forward_hook(lambda *a, name=name, t=cell.cell_type: calls.append((t, name)))
+    net.batch_edges = False  # the hooks see the per-edge path (tests/test_batched_edges.py: the other)
     net(torch.randn(2, 3, 16, 16))
     assert ("normal", "sep_conv_5x5") not in calls and ("reduce", "sep_conv_5x5") in calls
     assert sum(p.numel() for p in net.weight_parameters()) < n_before

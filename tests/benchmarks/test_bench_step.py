@@ -78,3 +78,23 @@ def test_misuse(monkeypatch: pytest.MonkeyPatch) -> None:
         bench.main([*TINY, "--variants", "fp:2", "--profile", "xnor:2"])
     with pytest.raises(Exception, match="xnor_channel"):  # unknown method: the registry's list
         bench.main([*TINY, "--variants", "xnr:2"])
+
+
+def test_per_edge_variant_and_results_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bench = _bench(monkeypatch)
+    out = tmp_path / "step"
+    assert bench.main([*TINY, "--variants", "pcdarts:2,xnor:2,xnor:2:per-edge", "--out", str(out)]) == 0
+    saved = json.loads((out / "results.json").read_text())
+    assert len(saved["meta"]["commit"]) == 40 and saved["meta"]["wall_s"] > 0
+    assert saved["meta"]["command"].startswith("python benchmarks/bench_step.py")
+    rows = {r["variant"]: r for r in saved["results"]}
+    assert set(rows) == {"pcdarts:2", "xnor:2", "xnor:2:per-edge"}
+    assert rows["xnor:2:per-edge"]["reference"] == "pcdarts:2"
+    report = (out / "step.md").read_text()
+    assert report.startswith("# Super-network step\ncommit ") and "xnor:2:per-edge" in report
+    with pytest.raises(SystemExit, match="per-edge"):
+        bench.main([*TINY, "--variants", "xnor:2:loop"])
+    with pytest.raises(SystemExit, match="per-edge"):
+        bench.main([*TINY, "--variants", "pcdarts:2:per-edge"])
