@@ -86,6 +86,7 @@ PCDARTS: dict[str, Any] = {
     "search.arch_weight_decay": 1e-3,  # [C]
     "search.validate_every": 1000,  # [C] train_search.py validates after the last epoch only
     "search.none_op": "candidate",  # [C] `none` is one of its 8 ops
+    "runtime.batch_edges": False,  # [C] its code runs the edges one at a time (MixedOp per edge)
 }
 # BNAS (method.md section 6; configs/search_paper.yaml): the project's defaults, written out so that the
 # benchmark keeps testing the paper's schedule if a default moves. Marks: [P] paper, [R] recalled.
@@ -125,6 +126,11 @@ class Schedule:
 SCHEDULES: dict[str, Schedule] = {
     "pcdarts_fp": Schedule("PC-DARTS, fp", {**PCDARTS, "binarization.method": "fp"}),  # [C] the original
     "pcdarts_xnor": Schedule("PC-DARTS, xnor", {**PCDARTS, "binarization.method": "xnor"}),  # [D]
+    # PC-DARTS's schedule on this project's engine (edges batched): the schedule's share of the saving.
+    "pcdarts_xnor_batched": Schedule(
+        "PC-DARTS, xnor, edges batched",
+        {**PCDARTS, "binarization.method": "xnor", "runtime.batch_edges": True},
+    ),  # [D]
     "bnas_k2": Schedule("BNAS, K=2", {**BNAS, "search.sampling_k": 2}),  # [R] K=2
     "bnas_k4": Schedule("BNAS, K=4", {**BNAS, "search.sampling_k": 4}),  # [D] PC-DARTS's K
     # Equal-epoch controls (not run by default): BNAS's schedule with nothing removed and no sampled
