@@ -147,3 +147,19 @@ def test_every_source_folder_is_a_package() -> None:
             assert (folder / "__init__.py").is_file(), f"{folder.relative_to(REPO)} has no __init__.py"
             name = ".".join(folder.relative_to(REPO).parts)
             assert any(fnmatch.fnmatch(name, p) for p in include), f"{name} is not included"
+
+
+def test_the_cpu_requirements_are_requirements_txt_with_cpu_builds_of_its_torch() -> None:
+    """requirements-cpu.txt (the README's CPU-only install): the same pins, torch's as ``+cpu`` builds."""
+    lines = [ln.strip() for ln in (REPO / "requirements-cpu.txt").read_text().splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith("#")]
+    options = [ln for ln in lines if ln.startswith("-")]
+    assert options == ["--extra-index-url https://download.pytorch.org/whl/cpu", "-r requirements.txt"]
+    cpu = _pins([ln for ln in lines if not ln.startswith("-")], "requirements-cpu.txt")
+    pinned = requirements_txt()
+    assert set(cpu) == {"torch", "torchvision"}
+    for name, (extras, version) in cpu.items():
+        base, _, local = version.partition("+")
+        assert local == "cpu" and (extras, base) == pinned[name], name
+        # pip intersects both pins: `==X` admits the local build `X+cpu` (PEP 440), so they agree.
+        assert SpecifierSet(f"=={pinned[name][1]}").contains(version), name

@@ -13,14 +13,24 @@ agent, runtime-env agent and every worker (:func:`_loopback_only`). Ray 2.60 tur
 servers to all interfaces; a single-machine study needs no port that other machines reach. Reaching
 other interfaces is what ``ray start`` on a real cluster is for, which the user does on purpose.
 Token authentication (Ray's default) stays on either way.
+
+Without ``--ray-logs`` (``verbose`` off) a local cluster's start says nothing of its own: Ray's
+"Token authentication is enabled for this Ray cluster ..." line is dropped (the study's own "Ray
+dashboard:" line says token authentication is on), and so is the ANSI reset (``ESC[0m``) that the
+colorama Ray loads writes to a terminal at exit (:func:`_no_colour_reset_at_exit`).
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import ipaddress
+import logging
 import os
 import socket
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,6 +83,49 @@ def check_address(address: str, timeout_s: float = 5.0) -> None:
             f"or leave --address out to start a local cluster",
             key="--address",
         ) from None
+
+
+#: The logger and the start of the line Ray 2.60 logs (a warning) when ``ray.init`` starts a cluster
+#: with ``RAY_AUTH_MODE`` unset (``authentication_token_setup._warn_token_auth_enabled``).
+TOKEN_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+TOKEN_AUTH_NOTICE = "Token authentication is enabled for this Ray cluster"
+
+
+class _DropTokenNotice(logging.Filter):
+    """Drops Ray's token-authentication notice, and nothing else (a disabled-auth warning passes)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(TOKEN_AUTH_NOTICE)
+
+
+@contextlib.contextmanager
+def _quiet_token_notice(quiet: bool) -> Iterator[None]:
+    """While ``ray.init`` runs: without Ray's token notice when ``quiet``."""
+    if not quiet:
+        yield
+        return
+    logger, dropper = logging.getLogger(TOKEN_AUTH_LOGGER), _DropTokenNotice()
+    logger.addFilter(dropper)
+    try:
+        yield
+    finally:
+        logger.removeFilter(dropper)
+
+
+def _no_colour_reset_at_exit() -> None:
+    """Keep the colorama that ``ray.init`` initialises (``ray.autoscaler._private.cli_logger`` calls
+    ``colorama.init(strip=False)``) from writing ``ESC[0m`` to a terminal when the process exits.
+
+    Its exit hook resets colours that only Ray's own coloured output sets, so it is taken off where
+    that output is off. ``atexit_done`` stays True so that a later ``colorama.init`` in this process
+    does not register it again. Does nothing where colorama is not loaded or has moved.
+    """
+    module = sys.modules.get("colorama.initialise")
+    reset_all = getattr(module, "reset_all", None)
+    if module is None or reset_all is None or not getattr(module, "atexit_done", False):
+        return
+    atexit.unregister(reset_all)
+    module.atexit_done = True
 
 
 #: What :func:`_loopback_only` changed, for :func:`disconnect` to put back.
@@ -129,17 +182,18 @@ def connect(address: str | None, dashboard: bool, verbose: bool) -> ClusterInfo:
     job = JobConfig(code_search_path=[str(REPO_ROOT)])
     try:
         # "local" always starts a new cluster: a plain ray.init() would join the last `ray start` one.
-        ctx = ray.init(
-            address=address or "local",
-            include_dashboard=dashboard if not address else None,
-            dashboard_host=LOOPBACK,
-            _node_ip_address=None if address else LOOPBACK,
-            job_config=job,
-            log_to_driver=verbose,
-            configure_logging=verbose,
-            logging_level="warning",
-            ignore_reinit_error=True,
-        )
+        with _quiet_token_notice(not verbose):
+            ctx = ray.init(
+                address=address or "local",
+                include_dashboard=dashboard if not address else None,
+                dashboard_host=LOOPBACK,
+                _node_ip_address=None if address else LOOPBACK,
+                job_config=job,
+                log_to_driver=verbose,
+                configure_logging=verbose,
+                logging_level="warning",
+                ignore_reinit_error=True,
+            )
     except (ConnectionError, RuntimeError) as e:
         _restore()
         auth = (
@@ -152,6 +206,9 @@ def connect(address: str | None, dashboard: bool, verbose: bool) -> ClusterInfo:
             f"could not connect to the Ray cluster at {address or 'a new local cluster'}: {e}.{auth}",
             key="--address",
         ) from None
+    finally:
+        if not verbose:
+            _no_colour_reset_at_exit()
     try:
         from ray._private.authentication.authentication_utils import is_token_auth_enabled
 

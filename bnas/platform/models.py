@@ -11,12 +11,22 @@ finishes; the single MLflow writer). For each finished retraining:
    study's image size (batch axis dynamic). MLflow 3 saves it as ``pt2`` (``torch.export``): loading
    it needs torch only, not this package;
 3. it is registered as a version of ``bnas-<study>`` tagged with genotype digest, binarization,
-   activations, seed, test accuracy, packed bytes, study and run id (:class:`ModelTag`);
+   activations, seed, test accuracy, packed bytes, study and run id (:class:`ModelTag`), and the
+   Logged Model names that version in its ``mlflow.modelVersions`` tag (what the UI shows);
 4. the alias ``champion`` is (re)computed (:func:`choose_champion`): the best **architecture** --
    versions grouped by (genotype digest, binarization, activations) -- is the one with the highest
    mean test accuracy over its seeds, ties broken by the smaller packed size, then by the older first
    version; the alias names that architecture's best seed (highest test accuracy, then the older
    version). It moves only when another architecture now ranks strictly above the current champion's.
+
+Using a version without this package: ``mlflow.pytorch.load_model("models:/bnas-<study>@champion")``
+gives torch.export's module of the network, already in inference mode (exported in eval mode, BN
+folded): call it under ``torch.no_grad()`` on float32 images ``(N, 3, S, S)`` (S: the version's
+``bnas.image_size`` tag) for ``(N, classes)`` logits. torch.export makes its ``.eval()`` and
+``.train()`` raise; for code that calls them anyway, ``del model.train, model.eval`` restores torch's
+own (they then only set flags). ``mlflow.pyfunc.load_model(uri, model_config={"device": "cpu"})``
+serves it (``predict`` on a numpy batch): without that config a CUDA machine picks ``cuda``, which a
+pt2 model saved on the CPU refuses.
 
 A retraining run that already has a version (a resumed driver) is not logged twice. Reading the
 registry back (``python -m bnas.platform.models export models:/bnas-<study>@champion --format onnx
@@ -37,12 +47,14 @@ from typing import Any
 
 import numpy as np
 
+from bnas.platform.mlflow_ui import link_logged_model, logged_model_id
 from bnas.platform.tracking_schema import (
     CHAMPION_ALIAS,
     LOGGED_MODEL_NAME,
     ModelTag,
     is_number,
     registered_model_name,
+    rounded,
 )
 
 #: Images in the input example (> 1 so that MLflow's pt2 export keeps the batch axis dynamic).
@@ -181,6 +193,8 @@ def log_retrained_model(
     name = registered_model_name(study)
     existing = list(client.search_model_versions(f"name='{name}' and run_id='{run_id}'"))
     if existing:
+        if model_id := logged_model_id(existing[0]):  # registered before the link was written: now
+            link_logged_model(client, model_id, name, existing[0].version)
         return int(existing[0].version)
     image_size = int(params["data.image_size"])
     network = inference_network(packed_path)
@@ -192,9 +206,8 @@ def log_retrained_model(
         ModelTag.BINARIZATION: params.get("binarization.method", ""),
         ModelTag.ACTIVATIONS: params.get("binarization.activations", ""),
         ModelTag.SEED: seed,
-        # Six decimals: a test accuracy is a fraction of at most a million images; more digits are the
-        # float32 noise of the metric (0.33099999874830244 for 0.331).
-        ModelTag.TEST_ACC: repr(round(float(result["test_acc"]), 6)),
+        # Six digits: more are the float32 noise of the metric (0.33099999874830244 for 0.331).
+        ModelTag.TEST_ACC: str(rounded(float(result["test_acc"]))),
         ModelTag.PACKED_BYTES: str(int(size)) if is_number(size := result.get("packed_bytes")) else "",
         ModelTag.STUDY: study,
         ModelTag.RUN_ID: run_id,
@@ -241,6 +254,8 @@ def log_retrained_model(
             model_id=logged.model_id,
             await_creation_for=AWAIT_REGISTRATION_S,
         )
+    # The Logged Model's "Registered models" column in the UI reads this link.
+    link_logged_model(client, logged.model_id, name, version.version)
     update_champion(client, study)
     return int(version.version)
 

@@ -8,6 +8,7 @@ FAIL, never as COMPLETE with a partial value (which is what Ray's own OptunaSear
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,11 @@ from ray.tune.search.optuna import OptunaSearch
 from bnas.platform.study import StudySpec, make_sampler
 from bnas.platform.tracking_schema import OPTUNA_DB, is_number
 
+#: Ray's OptunaSearch times the define-by-run space function and warns (a UserWarning) past 1 s,
+#: advising to move computation into the trainable. Ours only calls ``trial.suggest_*``: the time
+#: is Optuna's sampler and its SQLite writes on a busy machine, nothing the user can move.
+SLOW_SPACE_WARNING = r"Define-by-run function passed in the `space` argument took"
+
 
 class StudySearcher(OptunaSearch):
     """OptunaSearch that tells Optuna the truth about how a trial ended.
@@ -29,12 +35,24 @@ class StudySearcher(OptunaSearch):
     ``val_acc`` as intermediate values), failed it is FAIL. After a restore, Optuna trials that the
     crash left RUNNING and that no restored Tune trial continues are marked FAIL, so the study never
     keeps phantom running trials. (Uses OptunaSearch's ``_ot_trials``/``_ot_study``/``_completed_trials``
-    as in ray 2.60.)
+    as in ray 2.60.) ``quiet``: no :data:`SLOW_SPACE_WARNING` (the study's console without
+    ``--ray-logs``).
     """
 
-    def __init__(self, *args: Any, intermediate: str = "val_acc", **kwargs: Any) -> None:
+    #: For a searcher restored from a checkpoint written before ``quiet`` existed.
+    _quiet = False
+
+    def __init__(self, *args: Any, intermediate: str = "val_acc", quiet: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._intermediate = intermediate
+        self._quiet = quiet
+
+    def suggest(self, trial_id: str) -> dict | None:
+        if not self._quiet:
+            return super().suggest(trial_id)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=SLOW_SPACE_WARNING, category=UserWarning)
+            return super().suggest(trial_id)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if isinstance(self.metric, list) or trial_id in self._completed_trials:
@@ -93,9 +111,9 @@ def clean_optuna_study(storage: Any, name: str, log: Callable[[str], None]) -> N
     log(f"optuna: study {name!r} already holds {len(study.trials)} trial(s): warm start")
 
 
-def study_searcher(spec: StudySpec, storage: Any) -> StudySearcher:
+def study_searcher(spec: StudySpec, storage: Any, quiet: bool = False) -> StudySearcher:
     """The searcher of a study's search stage: its space, objective(s), seeded sampler and storage;
-    intermediate values are the scheduler's per-epoch metric."""
+    intermediate values are the scheduler's per-epoch metric; ``quiet``: see :class:`StudySearcher`."""
     multi = spec.multi_objective
     return StudySearcher(
         space=spec.space.sample,
@@ -105,4 +123,5 @@ def study_searcher(spec: StudySpec, storage: Any) -> StudySearcher:
         study_name=spec.name,
         storage=storage,
         intermediate=spec.scheduler.metric,
+        quiet=quiet,
     )

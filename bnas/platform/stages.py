@@ -169,7 +169,11 @@ def _finished(grid: Any, expected: int, stage: str) -> Any:
     return grid
 
 
-def _run_config(ctx: StageContext, name: str, kind: RunKind, candidates: dict | None = None) -> Any:
+def _run_config(
+    ctx: StageContext, name: str, kind: RunKind, total: int, candidates: dict | None = None
+) -> Any:
+    """The stage's Tune run settings; ``total``: the trials it runs (its console's "trial n of N")."""
+    progress = "epoch" if ctx.verbose else "trial"
     return tune.RunConfig(
         name=name,
         storage_path=str((ctx.out_dir / "ray").resolve()),
@@ -177,7 +181,7 @@ def _run_config(ctx: StageContext, name: str, kind: RunKind, candidates: dict | 
         checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
         callbacks=[
             TrackingCallback(
-                ctx.tracker, kind, ctx.spec, ctx.plan, candidates, "epoch" if ctx.verbose else "trial"
+                ctx.tracker, kind, ctx.spec, ctx.plan, candidates, progress, total, ctx.spec.concurrency
             )
         ],
         verbose=1 if ctx.ray_logs else 0,
@@ -218,13 +222,13 @@ def run_search_stage(ctx: StageContext, log: Log) -> Any:
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=study_searcher(spec, storage),
+            search_alg=study_searcher(spec, storage, quiet=not ctx.ray_logs),
             scheduler=_scheduler(spec),
             num_samples=spec.trials,
             max_concurrent_trials=spec.concurrency,
             reuse_actors=True,
         ),
-        run_config=_run_config(ctx, name, SEARCH),
+        run_config=_run_config(ctx, name, SEARCH, spec.trials),
     )
     return _finished(_fit(tuner, "search"), spec.trials, "search")
 
@@ -302,7 +306,7 @@ def run_retrain_stage(ctx: StageContext, tracker: StudyTracker, log: Log) -> Any
         trainable_for(candidates),
         param_space={"job": tune.grid_search(jobs)},
         tune_config=tune.TuneConfig(max_concurrent_trials=spec.concurrency, reuse_actors=True),
-        run_config=_run_config(ctx, name, RETRAIN, candidates),
+        run_config=_run_config(ctx, name, RETRAIN, len(jobs), candidates),
     )
     # Tune creates the experiment folder in fit(); the candidates go next to its state for a restore.
     (ctx.out_dir / "ray" / name).mkdir(parents=True, exist_ok=True)

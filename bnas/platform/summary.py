@@ -13,6 +13,7 @@ from typing import Any
 
 from bnas.platform.cluster import ClusterInfo
 from bnas.platform.leaderboard import leaderboard
+from bnas.platform.mlflow_ui import runs_view_hint, runs_view_url
 from bnas.platform.tracking import StudyTracker
 from bnas.platform.tracking_schema import PARAM_COLUMN, RETRAIN, SEARCH, Metric, is_number, run_record
 
@@ -106,8 +107,9 @@ def format_summary(rows: list[dict[str, Any]], counts: dict[str, int]) -> str:
 def where_to_look(
     cluster: ClusterInfo, experiment_id: str, uri: str, optuna_db: Path | None = None, ended: bool = False
 ) -> str:
-    """The Ray dashboard, the MLflow UI (its runs view: MLflow 3's default page of an experiment is the
-    GenAI overview, empty here) and optuna-dashboard of this study. ``ended``: the study is over, and a
+    """The Ray dashboard, the MLflow UI (its runs view in the model-training layout, the trial runs
+    listed flat: :mod:`bnas.platform.mlflow_ui`; MLflow 3's default page of an experiment is the GenAI
+    overview, empty here) and optuna-dashboard of this study. ``ended``: the study is over, and a
     cluster started here goes with it, dashboard included."""
     lines = []
     if cluster.dashboard_url and ended and cluster.started_here:
@@ -126,14 +128,14 @@ def where_to_look(
         lines.append(f"Ray dashboard: {cluster.dashboard_url}{auth}")
     else:
         lines.append("Ray dashboard: not running (start without --no-dashboard, or use the cluster's own)")
-    runs = f"#/experiments/{experiment_id}/runs"
     if uri.startswith(("http://", "https://")):
-        lines.append(f"MLflow UI: {uri.rstrip('/')}/{runs}")
+        lines.append(f"MLflow UI: {runs_view_url(uri, experiment_id)}")
     else:
         lines.append(
             f"MLflow UI: run `mlflow server --backend-store-uri {uri} --host 127.0.0.1 --port 5000`, "
-            f"then open http://127.0.0.1:5000/{runs}"
+            f"then open {runs_view_url('http://127.0.0.1:5000', experiment_id)}"
         )
+    lines.append(runs_view_hint())
     if optuna_db is not None:
         lines.append(f"Optuna dashboard: run `optuna-dashboard sqlite:///{optuna_db}` (port 8080)")
     return "\n".join(lines)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bnas.errors import ConfigError
+from bnas.platform.mlflow_ui import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND, mark_model_training
 from bnas.platform.tracking_schema import (
     DIAGNOSTIC_PREFIX,
     RETRAIN,
@@ -38,6 +39,7 @@ from bnas.platform.tracking_schema import (
     is_number,
     param_value,
     retrain_run_name,
+    rounded,
     runs_filter,
     search_all,
     search_run_name,
@@ -132,9 +134,17 @@ class StudyTracker:
         self.config = config
         self.client = MlflowClient(config.tracking_uri)
         self.map = RunMap(config.state_dir, config.tracking_uri)
+        self._checked_steps: set[str] = set()  # runs whose last logged step was read back (log_epoch)
         name = experiment_name(config.study)
         exp = self.client.get_experiment_by_name(name)
-        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(name)
+        if exp is None:
+            # A model-training experiment, not MLflow 3's default GenAI one (bnas.platform.mlflow_ui).
+            self.experiment_id = self.client.create_experiment(
+                name, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND}
+            )
+        else:
+            self.experiment_id = exp.experiment_id
+            mark_model_training(self.client, exp)  # one created before the kind was set
         self.parent_id = self._parent()
 
     # ------------------------------------------------------------------ the study's parent run
@@ -177,7 +187,7 @@ class StudyTracker:
                 digest=digest,
                 source_type="local",
                 source=json.dumps({"uri": root}),
-                profile=json.dumps(dict(profile), default=str),
+                profile=json.dumps(rounded(dict(profile)), default=str),
             )
             context = InputTag(key="mlflow.data.context", value="search+retraining")
             self.client.log_inputs(self.parent_id, datasets=[DatasetInput(dataset, tags=[context])])
@@ -259,7 +269,15 @@ class StudyTracker:
 
         key = kind.key(trial_id)
         entry = self.map.entry(key)
-        if entry is None or step <= entry.get("last_step", 0):
+        if entry is None:
+            return
+        last = entry.get("last_step", 0)
+        if key not in self._checked_steps:
+            # Once per run and driver: a driver killed between logging an epoch and recording it in
+            # the map left MLflow ahead of the map; MLflow's own history decides.
+            self._checked_steps.add(key)
+            last = max(last, self._last_logged_step(entry["run_id"], kind))
+        if step <= last:
             return
         ts = _now_ms()
         batch = [
@@ -268,6 +286,11 @@ class StudyTracker:
         if batch:
             self.client.log_batch(entry["run_id"], metrics=batch)
         self.map.update(key, last_step=step)
+
+    def _last_logged_step(self, run_id: str, kind: RunKind) -> int:
+        """The highest step of ``kind``'s epoch metrics in ``run_id`` (0: none logged)."""
+        steps = [m.step for name in kind.epoch_metrics for m in self.client.get_metric_history(run_id, name)]
+        return max(steps, default=0)
 
     def finish(
         self,

@@ -7,7 +7,8 @@ lazily and never Ray or Optuna, so ``analysis/`` and the tests use it without a 
 
 Schema [D]:
 
-* experiment ``bnas/<study>``; one **parent run** per study, run name ``<study>``, tags
+* experiment ``bnas/<study>`` (tag ``mlflow.experimentKind=custom_model_development``: model
+  training, :mod:`bnas.platform.mlflow_ui`); one **parent run** per study, run name ``<study>``, tags
   ``bnas.kind=study``, ``bnas.study``, ``bnas.study_identity`` (what its trials compute:
   :mod:`bnas.platform.identity`; a run of the same name with another identity is refused) with
   ``bnas.study_identity_record``, ``bnas.dataset_root``; params ``dataset.*`` (name, image size,
@@ -31,7 +32,8 @@ Schema [D]:
   last epoch's); final (step 0): :data:`RETRAIN_FINAL_METRICS` less those two; artifacts
   :data:`RETRAIN_ARTIFACTS`; its network as an MLflow **Logged Model** named :data:`LOGGED_MODEL_NAME`
   (``mlflow.pytorch``, pt2, signature and input example at the study's image size), registered as a
-  version of ``bnas-<study>`` (:func:`registered_model_name`) with :class:`ModelTag` tags; the alias
+  version of ``bnas-<study>`` (:func:`registered_model_name`) with :class:`ModelTag` tags (the Logged
+  Model names its versions in its tag ``mlflow.modelVersions``, as MLflow's registration does); the alias
   :data:`CHAMPION_ALIAS` names the best architecture's version (:mod:`bnas.platform.models`).
 
 Study folder (``./bnas_runs/<study>`` by default): :data:`RUN_MAP` maps each trial to its run (and
@@ -202,8 +204,25 @@ def retrain_run_name(genotype_digest: str, seed: int) -> str:
     return f"{RETRAIN.name}-{genotype_digest}-s{seed}"
 
 
+#: Significant digits kept of a float written as a param or tag: more are noise (a float32 figure read
+#: as a double, 0.33099999874830244 for 0.331; a sampled step of 0.1, 0.30000000000000004).
+FLOAT_DIGITS = 6
+
+
+def rounded(v: Any) -> Any:
+    """``v`` with each finite float (numpy's too; inside lists, tuples and dict values as well) cut to
+    :data:`FLOAT_DIGITS` significant digits; anything else as it is."""
+    if isinstance(v, numbers.Real) and not isinstance(v, numbers.Integral) and math.isfinite(v):
+        return float(f"{float(v):.{FLOAT_DIGITS}g}")
+    if isinstance(v, (list, tuple)):
+        return type(v)(rounded(x) for x in v) if type(v) in (list, tuple) else v
+    return {k: rounded(x) for k, x in v.items()} if isinstance(v, dict) else v
+
+
 def param_value(v: Any) -> str:
-    """A setting as an MLflow param string: lists and dicts as JSON, cut at :data:`PARAM_MAX_CHARS`."""
+    """A setting as an MLflow param string: floats :func:`rounded`, lists and dicts as JSON, cut at
+    :data:`PARAM_MAX_CHARS`."""
+    v = rounded(v)
     s = json.dumps(v) if isinstance(v, (list, dict)) else str(v)
     return s if len(s) <= PARAM_MAX_CHARS else s[: PARAM_MAX_CHARS - 3] + "..."
 

@@ -87,3 +87,21 @@ def test_tracker_never_duplicates_runs_or_epochs(tmp_path: Path, monkeypatch: py
     assert got.data.params["space.search.lr"] == "0.1"
     assert "epoch" not in got.data.metrics  # only the kind's epoch metrics are logged
     assert len(again.runs(SEARCH)) == 1
+
+
+def test_an_epoch_logged_but_not_recorded_in_the_map_is_not_logged_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A driver killed between MLflow's write and the run map's (the window the e2e kill can hit)."""
+    monkeypatch.chdir(tmp_path)
+    cfg = TrackerConfig(f"sqlite:///{tmp_path / 'mlflow.db'}", "unit", str(tmp_path))
+    first = StudyTracker(cfg)
+    run = first.open_search_run("t1", {"search.layers": 3}, {})
+    first.log_epoch(SEARCH, "t1", {"val_acc": 0.1, "stage": 1}, 1)
+    first.map.update(SEARCH.key("t1"), last_step=0)  # the map as the kill left it
+    again = StudyTracker(cfg)
+    again.open_search_run("t1", {"search.layers": 3}, {})
+    again.log_epoch(SEARCH, "t1", {"val_acc": 0.1, "stage": 1}, 1)  # the resumed trial repeats epoch 1
+    again.log_epoch(SEARCH, "t1", {"val_acc": 0.2, "stage": 1}, 2)
+    steps = [m.step for m in mlflow.MlflowClient(cfg.tracking_uri).get_metric_history(run, "val_acc")]
+    assert steps == [1, 2]
