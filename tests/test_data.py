@@ -617,3 +617,31 @@ def test_a_fifo_named_like_an_image_is_not_listed(tmp_path: Path) -> None:
     (cls / "a.png").write_bytes(b"x")
     os.mkfifo(cls / "pipe.jpg")
     assert [p.name for p in _FolderSource._files(tmp_path / "train")["cat"]] == ["a.png"]
+
+
+def test_large_folder_images_are_resized_as_decoded_like_the_whole_batch(tmp_path: Path) -> None:
+    """A folder is held at ``image_size`` from the first image on (never all at full resolution), and a
+    square image comes out as the whole-batch resize made it (bit for bit)."""
+    from bnas.data.loading import _resize
+    from bnas.data.sources import DATASETS, decode_rgb
+
+    make_fake_folder(tmp_path, per_class=2, n_test=1, size=48)
+    clear_cache()
+    arrays = DATASETS.get("folder").read_uncached(tmp_path, 12)
+    assert arrays.train_images.shape[-2:] == (12, 12) and arrays.test_images.shape[-2:] == (12, 12)
+    files = sorted((tmp_path / "train").glob("*/*.png"))
+    whole = _resize(torch.stack([decode_rgb(p) for p in files]), 12)
+    assert torch.equal(arrays.train_images, whole)
+
+
+def test_a_large_jpeg_is_decoded_in_draft_mode(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from bnas.data.sources import decode_rgb
+
+    path = tmp_path / "big.jpg"
+    Image.new("RGB", (640, 480), (10, 200, 30)).save(path, quality=90)
+    assert decode_rgb(path).shape == (3, 480, 640)
+    small = decode_rgb(path, draft=64)  # the smallest DCT scale with both sides >= 64: 1/4 here
+    assert small.shape == (3, 120, 160)
+    assert (small.double().mean((1, 2)) - torch.tensor([10.0, 200.0, 30.0])).abs().max() < 4

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from bnas.data.roots import how_to_fix
 from bnas.errors import ConfigError
@@ -376,7 +377,9 @@ class _FolderSource(DatasetSource):
             for cls, files in self._files(folder).items():
                 for p in files:
                     try:
-                        imgs.append(decode_rgb(p))
+                        # Brought to the configured side as soon as decoded: a folder of large images
+                        # never holds more than one at full resolution.
+                        imgs.append(_fit(decode_rgb(p, draft=2 * image_size), image_size))
                     except BadDatasetError as e:
                         if on_bad != "skip":
                             raise BadDatasetError(
@@ -391,12 +394,7 @@ class _FolderSource(DatasetSource):
         (tr_imgs, tr_y), (te_imgs, te_y) = split(root / "train"), split(self.test_dir(root))
         if not tr_imgs:
             raise BadDatasetError(f"folder dataset: no readable training image under {root / 'train'}")
-        shapes = {tuple(t.shape[-2:]) for t in tr_imgs + te_imgs}
-        if len(shapes) != 1 or len({*next(iter(shapes))}) != 1:
-            # Mixed or non-square sizes: bring each image to the configured side now, once.
-            tr_imgs = [_to_square(t, image_size) for t in tr_imgs]
-            te_imgs = [_to_square(t, image_size) for t in te_imgs]
-        side = tr_imgs[0].shape[-1]
+        side = image_size
 
         def stack(imgs: list[torch.Tensor]) -> torch.Tensor:
             # Copied into one tensor image by image, each freed once copied: torch.stack would hold
@@ -430,16 +428,32 @@ def _read_folder_cached(name: str, root: str, image_size: int, on_bad: str) -> R
     return source.read_uncached(Path(root), image_size, on_bad)
 
 
-def decode_rgb(path: Path | str) -> torch.Tensor:
+def _fit(img: torch.Tensor, size: int) -> torch.Tensor:
+    """A decoded image at ``size x size``: a square one resized as a whole batch is in
+    :func:`bnas.data.loading._resize` (bilinear, antialiased, rounded), any other by :func:`_to_square`."""
+    h, w = img.shape[-2:]
+    if h == w == size:
+        return img
+    if h != w:
+        return _to_square(img, size)
+    y = F.interpolate(img[None].float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return y.round_().clamp_(0, 255).to(torch.uint8)[0]
+
+
+def decode_rgb(path: Path | str, draft: int | None = None) -> torch.Tensor:
     """One image file as a uint8 ``3 x H x W`` tensor; raises :class:`BadDatasetError` naming the file.
 
     PIL (a torchvision dependency) decodes: torchvision.io's decoders are deprecated since 0.29.
     Grayscale, palette, CMYK and RGBA files all become 3-channel RGB, so every image stacks.
+    ``draft``: a JPEG is decoded at the smallest 1/2, 1/4 or 1/8 scale whose sides stay >= ``draft``
+    (PIL's draft mode: the DCT scaled, a fraction of the time and memory); other formats decode whole.
     """
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
+            if draft is not None and im.format == "JPEG":
+                im.draft("RGB", (draft, draft))
             arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
     # Truncated, not an image, or larger than PIL's decompression-bomb limit (Image.MAX_IMAGE_PIXELS).
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
