@@ -7,9 +7,10 @@ Read from MLflow 3.17's own sources (``mlflow/server/js/build``, ``mlflow/utils/
   learning" (model training), ``genai_development`` "GenAI apps & agents". MLflow 3.17's UI shows it
   but lays the page out by its sidebar switch "GenAI | Model training" (kept per browser, GenAI by
   default) or by the URL parameter ``workflowType=machine_learning``, which the printed links carry;
-* the runs view nests a child run under its parent only when the parent is among the runs shown, so a
-  search filter that leaves the parent out (:data:`TRIAL_RUNS_FILTER`) lists the trials flat. The view
-  shows no metric column by default: picking a metric in its Sort menu (or Columns) adds one;
+* the runs view fetches the parents of the runs it shows, and nests the children under them, only
+  while it is sorted by start time (its default; ``shouldFetchParents`` in the UI's sources): sorted
+  by a metric (URL parameters ``orderByKey=metrics.`<name>``` and ``orderByAsc``) with a filter that
+  leaves the parent out, it lists the trial runs flat, best first, and shows the metric's column;
 * a Logged Model's "Registered models" column reads its tag ``mlflow.modelVersions`` (a JSON list of
   ``{"name", "version"}``), which ``mlflow.register_model`` and a tracking server write but a
   client's ``create_model_version`` on a database store does not: :func:`link_logged_model`.
@@ -34,21 +35,39 @@ RETRAIN_RUNS_FILTER = f"tags.{Tag.KIND} = '{RETRAIN.name}'"
 SEARCH_RUNS_FILTER = f"tags.{Tag.KIND} = '{SEARCH.name}'"
 
 
-def runs_view_url(base_url: str, experiment_id: str, search_filter: str = TRIAL_RUNS_FILTER) -> str:
-    """The runs view of an experiment in the model-training layout, filtered by ``search_filter``."""
-    query = urllib.parse.urlencode(
-        {**WORKFLOW_QUERY, "searchFilter": search_filter}, quote_via=urllib.parse.quote
-    )
+#: (what, filter, metric to sort by, best first) of the runs-view links a study prints.
+VIEWS = (
+    ("retrained networks", RETRAIN_RUNS_FILTER, Metric.TEST_ACC),
+    ("searches", SEARCH_RUNS_FILTER, Metric.DERIVED_VAL_ACC),
+)
+
+
+def runs_view_url(
+    base_url: str, experiment_id: str, search_filter: str = TRIAL_RUNS_FILTER, order_by: str | None = None
+) -> str:
+    """The runs view of an experiment in the model-training layout, filtered by ``search_filter`` and,
+    with ``order_by``, sorted by that metric, highest first (which lists the runs flat)."""
+    params = {**WORKFLOW_QUERY, "searchFilter": search_filter}
+    if order_by is not None:
+        params |= {"orderByKey": f"metrics.`{order_by}`", "orderByAsc": "false"}
+    query = urllib.parse.urlencode(params, quote_via=urllib.parse.quote)
     return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?{query}"
 
 
+def runs_view_lines(base_url: str, experiment_id: str) -> list[str]:
+    """One console line per :data:`VIEWS` entry: what it lists and its link."""
+    return [
+        f"  {what}, best {metric} first: {runs_view_url(base_url, experiment_id, flt, metric)}"
+        for what, flt, metric in VIEWS
+    ]
+
+
 def runs_view_hint() -> str:
-    """How to find a study's trials and figures in the runs view (one console line)."""
+    """What the links show and where the rest is (one console line)."""
     return (
-        f"  runs listed flat (the link's filter hides the parent run): search `{RETRAIN_RUNS_FILTER}` "
-        f"and Sort by {Metric.TEST_ACC} (adds its column), or `{SEARCH_RUNS_FILTER}` and Sort by "
-        f"{Metric.DERIVED_VAL_ACC}; more columns under Columns. The retrained networks and their "
-        "registered versions: the experiment's Models tab"
+        "  (sorted by a metric the runs are listed flat; sorted by date, MLflow's default, they nest "
+        "under the study's parent run. The retrained networks and their registered versions: the "
+        "experiment's Models tab)"
     )
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from bnas.platform.cluster import ClusterInfo
 from bnas.platform.leaderboard import leaderboard
-from bnas.platform.mlflow_ui import runs_view_hint, runs_view_url
+from bnas.platform.mlflow_ui import runs_view_hint, runs_view_lines, runs_view_url
 from bnas.platform.tracking import StudyTracker
 from bnas.platform.tracking_schema import PARAM_COLUMN, RETRAIN, SEARCH, Metric, is_number, run_record
 
@@ -129,13 +129,15 @@ def where_to_look(
     else:
         lines.append("Ray dashboard: not running (start without --no-dashboard, or use the cluster's own)")
     if uri.startswith(("http://", "https://")):
+        base = uri
         lines.append(f"MLflow UI: {runs_view_url(uri, experiment_id)}")
     else:
+        base = "http://127.0.0.1:5000"
         lines.append(
             f"MLflow UI: run `mlflow server --backend-store-uri {uri} --host 127.0.0.1 --port 5000`, "
-            f"then open {runs_view_url('http://127.0.0.1:5000', experiment_id)}"
+            f"then open {runs_view_url(base, experiment_id)}"
         )
-    lines.append(runs_view_hint())
+    lines += [*runs_view_lines(base, experiment_id), runs_view_hint()]
     if optuna_db is not None:
         lines.append(f"Optuna dashboard: run `optuna-dashboard sqlite:///{optuna_db}` (port 8080)")
     return "\n".join(lines)

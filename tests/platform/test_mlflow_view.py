@@ -121,10 +121,15 @@ def test_the_printed_link_and_filters_list_the_trial_runs_without_the_parent(stu
     cluster = ClusterInfo("127.0.0.1:6379", None, False, {}, started_here=True)
     for uri in ("http://host:5000", study.uri):
         text = where_to_look(cluster, exp, uri, ended=True)
-        url = next(w for w in text.split() if f"/#/experiments/{exp}/runs?" in w)
-        query = urllib.parse.parse_qs(url.split("?", 1)[1])
-        assert query == {"workflowType": ["machine_learning"], "searchFilter": [TRIAL_RUNS_FILTER]}
-        assert RETRAIN_RUNS_FILTER in text and SEARCH_RUNS_FILTER in text and "Sort by test_acc" in text
+        urls = [w for w in text.split() if f"/#/experiments/{exp}/runs?" in w]
+        queries = [urllib.parse.parse_qs(u.split("?", 1)[1]) for u in urls]
+        assert queries[0] == {"workflowType": ["machine_learning"], "searchFilter": [TRIAL_RUNS_FILTER]}
+        # Sorted by a metric (not by date), the UI fetches no parent run: the runs are listed flat.
+        assert [(q["searchFilter"], q["orderByKey"], q["orderByAsc"]) for q in queries[1:]] == [
+            ([RETRAIN_RUNS_FILTER], ["metrics.`test_acc`"], ["false"]),
+            ([SEARCH_RUNS_FILTER], ["metrics.`derived_val_acc`"], ["false"]),
+        ]
+        assert all(q["workflowType"] == ["machine_learning"] for q in queries) and "Models tab" in text
 
 
 def test_the_logged_model_names_its_registered_version_once(study: Study) -> None:
