@@ -141,7 +141,7 @@ def _between(text: str, start: str, end: str) -> str:
     for line in text.splitlines():
         if line.startswith(start):
             on = True
-        elif line.startswith(end):
+        elif on and line.startswith(end):
             break
         if on:
             out.append(line)
