@@ -101,9 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         for name, cmd in steps(args.data_root.resolve(), images, not args.no_install):
             t0 = time.perf_counter()
             proc = subprocess.run(cmd, shell=True, cwd=clone, capture_output=True, text=True)
-            rows.append(
-                {"step": name, "command": cmd, "seconds": time.perf_counter() - t0, "rc": proc.returncode}
-            )
+            took = time.perf_counter() - t0
+            shown = cmd.replace(str(images), "my_photos")  # the temporary folder's name says nothing
+            rows.append({"step": name, "command": shown, "seconds": took, "rc": proc.returncode})
             logs[name] = proc.stdout + proc.stderr
             print(f"{name}: {rows[-1]['seconds']:.1f} s (exit {proc.returncode})", flush=True)
             if proc.returncode != 0:
@@ -113,12 +113,17 @@ def main(argv: list[str] | None = None) -> int:
             ["du", "-sh", "--dereference-args", str(clone / ".venv")], capture_output=True, text=True
         )
         summary = _between(logs.get("smoke study", ""), "summary (", "Ray dashboard:")
-        retrain = [ln for ln in logs.get("own images: retraining", "").splitlines() if ln.startswith("done:")]
+        retrain = [
+            ln.split(" -> ")[0]
+            for ln in logs.get("own images: retraining", "").splitlines()
+            if ln.startswith("done:")
+        ]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     meta = provenance(sys.argv[1:] if argv is None else argv, time.perf_counter() - started, "walkthrough.py")
     meta["data"] = (
-        f"CIFAR-10 (rebuilt copy) at {args.data_root}; held-out folder: its test batch, {PER_CLASS} per class"
+        f"CIFAR-10 (rebuilt copy) at {args.data_root}; held-out folder (my_photos) from its test batch, "
+        f"{PER_CLASS[0]} + {PER_CLASS[1]} images per class"
     )
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"meta": meta, "steps": rows, "venv": venv.stdout.split("\t")[0], "smoke_summary": summary}

@@ -39,7 +39,7 @@ def test_the_held_out_folder_and_the_readme_commands(walk, tmp_path: Path, monke
 
 
 def test_summary_extraction_and_misuse(walk, tmp_path: Path) -> None:
-    text = "x\nsummary (3 complete)\nrow 1\nRay dashboard: y\nz"
+    text = "Ray dashboard: first\nsummary (3 complete)\nrow 1\nRay dashboard: y\nz"
     assert walk._between(text, "summary (", "Ray dashboard:") == "summary (3 complete)\nrow 1"
     with pytest.raises(SystemExit, match="cifar-10-batches-py"):
         walk.main(["--data-root", str(tmp_path), "--out", str(tmp_path / "o")])
