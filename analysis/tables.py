@@ -384,12 +384,12 @@ def match_optuna_trials(optuna_trials: pd.DataFrame, runs: pd.DataFrame) -> pd.S
 
 
 def _parsed(v: Any) -> str | None:
-    """Optuna's value and the MLflow param of the same sample, made comparable: numbers to 12
-    significant digits (a frame column holding NaN elsewhere turns the run's 2 into 2.0)."""
+    """Optuna's value and the MLflow param of the same sample, made comparable: numbers to the
+    significant digits a param keeps (schema.FLOAT_DIGITS; a NaN column turns the run's 2 into 2.0)."""
     if _isnan(v):
         return None
     if isinstance(v, str):
         v = schema.parse_param(v)
     if schema.is_number(v):
-        return f"{float(v):.12g}"
+        return f"{float(v):.{schema.FLOAT_DIGITS}g}"
     return str(v)

@@ -8,9 +8,8 @@ Datasets are chosen by name through :data:`DATASETS`:
   (such as the rebuilt copy in ``../shared/data``) is loaded with one :class:`DataIntegrityWarning`.
 * ``folder`` -- ``<root>/train/<class>/*.png|jpg`` and ``<root>/test/<class>/...`` (like ImageFolder).
 
-A source returns :class:`RawArrays` (uint8 ``N x 3 x H x W`` tensors per split, native resolution where it
-is uniform); what it reads is cached in-process by path, because the search and the retraining of one run
-read the same files. Resizing and the run-level cache live in :mod:`bnas.data.loading`.
+A source returns :class:`RawArrays` (uint8 ``N x 3 x H x W`` per split; a folder at ``image_size``), cached
+in-process by path (search and retraining read the same files); :mod:`bnas.data.loading` resizes.
 """
 
 from __future__ import annotations
@@ -377,8 +376,7 @@ class _FolderSource(DatasetSource):
             for cls, files in self._files(folder).items():
                 for p in files:
                     try:
-                        # Brought to the configured side as soon as decoded: a folder of large images
-                        # never holds more than one at full resolution.
+                        # At image_size once decoded: never the whole folder at full resolution.
                         imgs.append(_fit(decode_rgb(p, draft=2 * image_size), image_size))
                     except BadDatasetError as e:
                         if on_bad != "skip":
@@ -429,25 +427,18 @@ def _read_folder_cached(name: str, root: str, image_size: int, on_bad: str) -> R
 
 
 def _fit(img: torch.Tensor, size: int) -> torch.Tensor:
-    """A decoded image at ``size x size``: a square one resized as a whole batch is in
-    :func:`bnas.data.loading._resize` (bilinear, antialiased, rounded), any other by :func:`_to_square`."""
+    """``img`` at ``size x size``: square as :func:`bnas.data.loading._resize` does, else :func:`_to_square`."""
     h, w = img.shape[-2:]
-    if h == w == size:
-        return img
-    if h != w:
-        return _to_square(img, size)
+    if h != w or h == size:
+        return img if h == w else _to_square(img, size)
     y = F.interpolate(img[None].float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     return y.round_().clamp_(0, 255).to(torch.uint8)[0]
 
 
 def decode_rgb(path: Path | str, draft: int | None = None) -> torch.Tensor:
-    """One image file as a uint8 ``3 x H x W`` tensor; raises :class:`BadDatasetError` naming the file.
-
-    PIL (a torchvision dependency) decodes: torchvision.io's decoders are deprecated since 0.29.
-    Grayscale, palette, CMYK and RGBA files all become 3-channel RGB, so every image stacks.
-    ``draft``: a JPEG is decoded at the smallest 1/2, 1/4 or 1/8 scale whose sides stay >= ``draft``
-    (PIL's draft mode: the DCT scaled, a fraction of the time and memory); other formats decode whole.
-    """
+    """One image file as uint8 ``3 x H x W`` RGB (any mode converted; PIL decodes: torchvision.io's
+    decoders are deprecated); ``draft``: a JPEG decodes at the smallest DCT scale whose sides stay >=
+    ``draft``. Raises :class:`BadDatasetError` naming the file."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -464,9 +455,7 @@ def decode_rgb(path: Path | str, draft: int | None = None) -> torch.Tensor:
 def _channel_stats(
     images: torch.Tensor, chunk_values: int = 1 << 22
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std in [0, 1] units, accumulated in float64 over chunks of about
-    ``chunk_values`` pixel values (bounded memory: ~32 MiB per float64 temporary, whatever the image
-    size; a fixed 4096 images per chunk took 1.2 GB of temporaries at 64 px and 10 GB at 224 px)."""
+    """Per-channel mean and std in [0, 1] units, in float64 over chunks of ~``chunk_values`` values."""
     c = images.shape[1]
     s = torch.zeros(c, dtype=torch.float64)
     sq = torch.zeros(c, dtype=torch.float64)

@@ -167,6 +167,7 @@ def test_one_identity_rule_for_study_checkpoint_and_retraining(fake_cifar_root: 
         "runtime.data_device_fraction": 0.2,
         "runtime.compile": True,
         "runtime.subnet_batch": 2,
+        "runtime.batch_edges": False,
     }
     value = str(fake_cifar_root / "elsewhere") if key == "data.root" else changed[key]
     base = load_study("bnas_smoke", data_root=fake_cifar_root)
