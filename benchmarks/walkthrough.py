@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pickle
 import shutil
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # bnas, run as a script from anywhere
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import provenance  # noqa: E402
 
@@ -36,13 +36,11 @@ def make_folder(cifar_root: Path, out: Path) -> Path:
     import numpy as np
     from PIL import Image
 
-    base = cifar_root / "cifar-10-batches-py"
-    batch = pickle.loads((base / "test_batch").read_bytes(), encoding="bytes")
-    meta = pickle.loads((base / "batches.meta").read_bytes(), encoding="bytes")
-    raw = meta.get(b"label_names", meta.get("label_names"))  # the official file's keys are bytes
-    names = [n.decode() if isinstance(n, bytes) else n for n in raw]
-    images = np.asarray(batch.get(b"data", batch.get("data"))).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    labels = np.asarray(batch.get(b"labels", batch.get("labels")))
+    from bnas.data.sources import DATASETS  # the project's own (safe) CIFAR reader
+
+    arrays = DATASETS.get("cifar10").read_uncached(cifar_root)
+    names, labels = arrays.classes, arrays.test_labels.numpy()
+    images = arrays.test_images.permute(0, 2, 3, 1).numpy()
     for c, name in enumerate(names):
         idx = np.flatnonzero(labels == c)
         for split, chosen in (("train", idx[: PER_CLASS[0]]), ("test", idx[PER_CLASS[0] : sum(PER_CLASS)])):

@@ -19,7 +19,14 @@ import torch
 import torch.nn.functional as F
 
 from bnas.data.roots import resolve_root, root_origin
-from bnas.data.sources import DATASETS, DatasetInfo, RawArrays, _FolderSource, clear_source_caches
+from bnas.data.sources import (
+    DATASETS,
+    DatasetInfo,
+    RawArrays,
+    _FolderSource,
+    clear_source_caches,
+    resize_uint8,
+)
 from bnas.data.streaming import clear_index_cache, folder_index, stream_info, uses_streaming
 
 if TYPE_CHECKING:  # annotations only: bnas.config imports this package (DATASETS), not the reverse
@@ -45,9 +52,7 @@ def _resize(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
         return images
     out = torch.empty((images.shape[0], images.shape[1], size, size), dtype=torch.uint8)
     for i in range(0, len(images), chunk):
-        x = images[i : i + chunk].float()
-        y = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        out[i : i + chunk] = y.round_().clamp_(0, 255).to(torch.uint8)
+        out[i : i + chunk] = resize_uint8(images[i : i + chunk], size)
     return out
 
 

@@ -392,12 +392,9 @@ class _FolderSource(DatasetSource):
         (tr_imgs, tr_y), (te_imgs, te_y) = split(root / "train"), split(self.test_dir(root))
         if not tr_imgs:
             raise BadDatasetError(f"folder dataset: no readable training image under {root / 'train'}")
-        side = image_size
-
         def stack(imgs: list[torch.Tensor]) -> torch.Tensor:
-            # Copied into one tensor image by image, each freed once copied: torch.stack would hold
-            # the list and the stacked copy at the same time (twice the decoded size).
-            out = torch.empty((len(imgs), 3, side, side), dtype=torch.uint8)
+            # Image by image, each freed once copied (torch.stack would hold list and copy at once).
+            out = torch.empty((len(imgs), 3, image_size, image_size), dtype=torch.uint8)
             for i in range(len(imgs)):
                 out[i] = imgs[i]
                 imgs[i] = None  # type: ignore[call-overload]
@@ -426,13 +423,16 @@ def _read_folder_cached(name: str, root: str, image_size: int, on_bad: str) -> R
     return source.read_uncached(Path(root), image_size, on_bad)
 
 
+def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
+    """A uint8 ``N x C x H x W`` batch at ``size x size`` (bilinear, antialiased, rounded)."""
+    y = F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return y.round_().clamp_(0, 255).to(torch.uint8)
+
+
 def _fit(img: torch.Tensor, size: int) -> torch.Tensor:
-    """``img`` at ``size x size``: square as :func:`bnas.data.loading._resize` does, else :func:`_to_square`."""
+    """``img`` at ``size x size``: a square one by :func:`resize_uint8`, any other by :func:`_to_square`."""
     h, w = img.shape[-2:]
-    if h != w or h == size:
-        return img if h == w else _to_square(img, size)
-    y = F.interpolate(img[None].float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return y.round_().clamp_(0, 255).to(torch.uint8)[0]
+    return _to_square(img, size) if h != w else img if h == size else resize_uint8(img[None], size)[0]
 
 
 def decode_rgb(path: Path | str, draft: int | None = None) -> torch.Tensor:
