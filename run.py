@@ -130,6 +130,10 @@ def _load_study(args: argparse.Namespace) -> StudySpec:
         spec = load_study(args.study, overrides, data_root=root)
     if args.name is not None:
         spec = dataclasses.replace(spec, name=check_name(args.name))
+    else:
+        # The file's name is the study's name: the same rules as --name (a file `...yaml` would
+        # otherwise name the study `..` and make the working directory's parent its folder).
+        check_name(spec.name, spec.source, "study name (the file's name; --name gives another)")
     return spec
 
 

@@ -143,6 +143,9 @@ SCHEDULES: dict[str, Schedule] = {
     ),
     # What `python -m bnas search` runs with no flags: the project's defaults, whatever they are now.
     "defaults": Schedule("BNAS, the defaults", {}),
+    # The defaults with torch.compile (inductor): is its compile time repaid within one search? On CPU
+    # not (bench_step.py :compiled, docs/results/compile_cpu); a GPU may differ.
+    "defaults_compiled": Schedule("BNAS, the defaults, compiled", {"runtime.compile": True}),
 }
 DEFAULT_SCHEDULES = ("pcdarts_fp", "pcdarts_xnor", "bnas_k2", "bnas_k4")
 

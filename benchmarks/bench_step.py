@@ -15,6 +15,11 @@ hold the cores. The median over rounds is reported with the ratio to ``fp`` at t
     python benchmarks/bench_step.py                                   # the default table
     python benchmarks/bench_step.py --steps 12 --profile xnor:4       # + torch.profiler top ops
     python benchmarks/bench_step.py --variants fp:2,xnor:2 --device cuda --batch 64
+    python benchmarks/bench_step.py --variants xnor:4,xnor:4:compiled   # torch.compile: its cost, its gain
+
+A ``:compiled`` variant runs the step through ``torch.compile`` (inductor), as ``runtime.compile``
+does; its first step (compilation, wall time) is reported beside the median, with the number of steps
+after which compiling pays for itself against the same variant uncompiled.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,35 +67,40 @@ class Variant:
     w_opt: torch.optim.Optimizer
     a_opt: torch.optim.Optimizer
     per_edge: bool = False
+    compiled: bool = False
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @property
     def label(self) -> str:
-        return f"{self.method}:{self.k}" + (f":{PER_EDGE}" if self.per_edge else "")
+        suffix = f":{PER_EDGE}" if self.per_edge else f":{COMPILED}" if self.compiled else ""
+        return f"{self.method}:{self.k}{suffix}"
 
 
 #: Variant suffix: the mixed pass one edge at a time (``runtime.batch_edges: false``).
 PER_EDGE = "per-edge"
+#: Variant suffix: the forward pass through torch.compile (``runtime.compile: true``).
+COMPILED = "compiled"
 
 
 def parse_variants(text: str) -> list[tuple[str, int, bool]]:
-    """``"fp:4,xnor:2:per-edge"`` -> [("fp", 4, False), ("xnor", 2, True)]; methods are checked against
-    the registry; ``pcdarts:K`` is PC-DARTS's own network design (:mod:`pcdarts_reference`, full
-    precision); the ``:per-edge`` suffix runs the edges one at a time instead of batched."""
+    """``"fp:4,xnor:2:per-edge"`` -> [("fp", 4, ""), ("xnor", 2, "per-edge")]; methods are checked
+    against the registry; ``pcdarts:K`` is PC-DARTS's own network design (:mod:`pcdarts_reference`, full
+    precision); the ``:per-edge`` suffix runs the edges one at a time instead of batched, ``:compiled``
+    the forward pass through torch.compile."""
     out = []
     for item in text.split(","):
         method, _, rest = item.strip().partition(":")
         k, _, suffix = rest.partition(":")
         if method != REFERENCE:
             BINARIZATIONS.get(method)  # unknown names raise with the valid list
-        if not k.isdigit() or int(k) < 1 or suffix not in ("", PER_EDGE) or (suffix and method == REFERENCE):
-            raise SystemExit(f"variant {item!r}: expected METHOD:K[:{PER_EDGE}] with K >= 1")
-        out.append((method, int(k), bool(suffix)))
+        bad_suffix = suffix not in ("", PER_EDGE, COMPILED) or (suffix and method == REFERENCE)
+        if not k.isdigit() or int(k) < 1 or bad_suffix:
+            raise SystemExit(f"variant {item!r}: expected METHOD:K[:{PER_EDGE}|:{COMPILED}] with K >= 1")
+        out.append((method, int(k), suffix))
     return out
 
 
-def build(
-    method: str, k: int, args: argparse.Namespace, device: torch.device, per_edge: bool = False
-) -> Variant:
+def build(method: str, k: int, args: argparse.Namespace, device: torch.device, suffix: str = "") -> Variant:
     torch.manual_seed(0)  # the same initial weights and alphas for every variant of a K
     if method == REFERENCE:
         net = PCDartsNetwork(args.channels, 10, args.layers, k).to(device)
@@ -100,26 +111,29 @@ def build(
         net = SuperNetwork(
             args.channels, 10, args.layers, ops, k, BinarySpec(method, args.activations, PCNN_LAMBDA)
         ).to(device)
-        net.batch_edges = not per_edge
+        net.batch_edges = suffix != PER_EDGE
     w_opt = torch.optim.SGD(net.weight_parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
     a_opt = torch.optim.Adam(
         net.arch_parameters(), lr=ARCH_LR, betas=(ARCH_BETA1, 0.999), weight_decay=ARCH_WEIGHT_DECAY
     )
-    return Variant(method, k, net, w_opt, a_opt, per_edge)
+    compiled = suffix == COMPILED
+    forward = torch.compile(net) if compiled else net
+    return Variant(method, k, net, w_opt, a_opt, suffix == PER_EDGE, compiled, forward)
 
 
 def train_step(v: Variant, x: torch.Tensor, y: torch.Tensor, arch_step: bool) -> float:
     """One weight step as in the search (and optionally a first-order architecture step first)."""
     net = v.net
+    forward = v.forward if v.forward is not None else net
     if arch_step:
         arch = net.arch_parameters()
-        grads = torch.autograd.grad(F.cross_entropy(net(x), y), arch)
+        grads = torch.autograd.grad(F.cross_entropy(forward(x), y), arch)
         v.a_opt.zero_grad(set_to_none=True)
         for p, g in zip(arch, grads, strict=True):
             p.grad = g
         v.a_opt.step()
     reset_projection_terms(net)
-    loss = F.cross_entropy(net(x), y)
+    loss = F.cross_entropy(forward(x), y)
     total = loss
     if v.method == "pcnn":
         total = loss + projection_loss(net, PCNN_LAMBDA).to(loss.device)
@@ -224,11 +238,14 @@ def main(argv: list[str] | None = None) -> int:
     clock_name = args.clock or ("wall" if device.type == "cuda" else "cpu")
     clock = time.process_time if clock_name == "cpu" else time.perf_counter
     times: dict[str, list[float]] = {v.label: [] for v in variants}
+    first: dict[str, float] = {}  # wall time of each variant's first step (a compiled one compiles then)
     for r in range(args.warmup + args.steps):
         shift = r % len(variants)
         for v in variants[shift:] + variants[:shift]:  # rotate the order every round
-            t0 = clock()
+            t0, w0 = clock(), time.perf_counter()
             train_step(v, x, y, args.arch_step)
+            if r == 0:
+                first[v.label] = time.perf_counter() - w0
             if r >= args.warmup:
                 times[v.label].append(clock() - t0)
 
@@ -250,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     for v in variants:
         t, ms = times[v.label], median[v.label]
         ref = f"{REFERENCE}:{v.k}" if f"{REFERENCE}:{v.k}" in times else f"fp:{v.k}"
+        if v.compiled and f"{v.method}:{v.k}" in times:
+            ref = f"{v.method}:{v.k}"  # compiled against the same variant uncompiled
         fp = times.get(ref)
         if fp:
             ratios = (
@@ -271,8 +290,23 @@ def main(argv: list[str] | None = None) -> int:
                 "min_ms": round(min(t) * 1e3, 2),
                 "reference": ref if fp else None,
                 "ratio_to_fp": dict(zip(("median", "min", "paired"), ratios, strict=True)),
+                "first_step_s": round(first[v.label], 3),
             }
         )
+    for v in variants:
+        eager = f"{v.method}:{v.k}"
+        if v.compiled and eager in times:
+            # Compilation pays for itself after (first step's extra time) / (time saved per step).
+            extra = first[v.label] - first[eager]
+            saved = (median[eager] - median[v.label]) / 1e3
+            pays = f"after {extra / saved:.0f} steps" if saved > 0 else "never (no step is faster)"
+            say(
+                f"{v.label}: first step {first[v.label]:.1f} s (uncompiled {first[eager]:.2f} s), "
+                f"{saved * 1e3:+.1f} ms/step saved: compiling pays for itself {pays}"
+            )
+            next(r for r in rows if r["variant"] == v.label)["pays_after_steps"] = (
+                round(extra / saved) if saved > 0 else None
+            )
     if args.json:
         print(json.dumps({"args": vars(args), "results": rows}, default=str))
     if args.out is not None:

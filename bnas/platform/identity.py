@@ -32,13 +32,15 @@ from bnas.platform.study import StudySpec
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
-def check_name(name: str) -> str:
-    """A valid ``--name`` (letters, digits, ``_ . -``; at most 100 characters), else ConfigError."""
+def check_name(name: str, source: str | None = None, key: str = "--name") -> str:
+    """A valid study name (letters, digits, ``_ . -``; first a letter or digit; at most 100
+    characters), else ConfigError naming ``key`` (``--name``, or the study file's name) in ``source``."""
     if not NAME_PATTERN.match(name):
         raise ConfigError(
             f"{name!r} is not a usable study name: it names a folder, an MLflow experiment and an Optuna "
             f"study, so use letters, digits, '_', '.' and '-' (first a letter or digit, at most 100)",
-            key="--name",
+            source,
+            key,
         )
     return name
 

@@ -252,6 +252,30 @@ def test_bad_input_is_refused_before_anything_exists(
     assert _children() <= children  # no Ray process
 
 
+@pytest.mark.parametrize("check", [True, False], ids=["check", "run"])
+@pytest.mark.parametrize("file_name", ["...yaml", "a b<i>.yaml", "-x.yaml"], ids=["dots", "html", "dash"])
+def test_a_study_named_by_its_file_obeys_the_name_rules(
+    run_main, capsys, clean_env, tmp_path: Path, fake_cifar_root: Path, file_name: str, check: bool
+) -> None:
+    """A study's name is its file's name unless --name gives one: the same rules apply to both (a file
+    ``...yaml`` would otherwise name the study ``..``, and spaces or HTML would reach MLflow)."""
+    path = tmp_path / file_name
+    path.write_text(SMOKE.read_text())
+    argv = smoke_args(tmp_path / "study", f"sqlite:///{tmp_path / 'mlflow.db'}", fake_cifar_root)
+    argv[argv.index("--study") + 1] = str(path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+
+    rc = run_main([*argv, "--check"] if check else [*argv, "--no-dashboard", "--quiet"])
+
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert err.startswith(f"error: {path}: study name") and "Traceback" not in err, err
+    assert repr(path.name[: -len(".yaml")]) in err and "--name gives another" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    # The same file under a valid --name passes the check.
+    assert run_main([*argv, "--name", "renamed", "--check"]) == 0, capsys.readouterr().err
+
+
 def test_every_problem_of_a_duplicated_file_is_listed(tmp_path: Path) -> None:
     path = tmp_path / "dups.yaml"
     path.write_text("trials: 2\nfixed:\n  search: {layers: 3, layers: 4}\ntrials: 3\n")
