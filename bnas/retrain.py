@@ -67,6 +67,7 @@ from bnas.training import (
     UNLOADABLE,
     PhaseTimer,
     RunFolder,
+    checked_count,
     derive_seed,
     isolated_rng,
     timed_batches,
@@ -282,7 +283,8 @@ def _retrain(
             optimizer.load_state_dict(ckpt["optimizer"])
             scheduler.load_state_dict(ckpt["scheduler"])
             set_rng_state(ckpt["rng"], device)
-            start_epoch, history, elapsed_before = ckpt["epoch"], list(ckpt["metrics"]), ckpt["elapsed_s"]
+            start_epoch = checked_count("epoch", ckpt["epoch"], r.epochs)
+            history, elapsed_before = list(ckpt["metrics"]), ckpt["elapsed_s"]
             timer.add(ckpt.get("phase_times_s", {}))  # a resumed run reports the whole run's phases
         except UNLOADABLE as e:
             raise ConfigError(unloadable(e), source=str(folder.path)) from None

@@ -152,7 +152,7 @@ class Search(SharedWeightScoring):
             self.state = (
                 self._new_state(None)
                 if ckpt is None
-                else SearchState.from_checkpoint(ckpt, self._new_state, str(self.out_dir))
+                else SearchState.from_checkpoint(ckpt, self._new_state, str(self.out_dir), self.total_epochs)
             )
         self.resumed = ckpt is not None
         self.timer.add(self.state.phase_times_s)

@@ -21,7 +21,7 @@ from bnas.architect import Architect
 from bnas.errors import ConfigError
 from bnas.reduction import ReductionStrategy
 from bnas.supernet import SuperNetwork
-from bnas.training import CHECKPOINT, UNLOADABLE, unloadable
+from bnas.training import CHECKPOINT, UNLOADABLE, checked_count, unloadable
 
 #: Format of the search checkpoint; a checkpoint of another version is refused.
 CHECKPOINT_VERSION = 2
@@ -79,14 +79,16 @@ class SearchState:
         ckpt: dict[str, Any],
         build: Callable[[dict[str, list[list[str]]] | None], SearchState],
         source: str | None = None,
+        total_epochs: int | None = None,
     ) -> SearchState:
         """The state saved in ``ckpt``; ``build(edge_ops)`` makes the fresh objects it is loaded into.
 
         ``source`` (the run folder) prefixes the :class:`ConfigError` raised for a checkpoint of
-        another format version or one whose weight list does not fit the rebuilt network.
+        another format version, one whose weight list does not fit the rebuilt network, or one whose
+        position is not a count in range (``global_epoch`` at most ``total_epochs``).
         """
         try:
-            return cls._restore(ckpt, build, source)
+            return cls._restore(ckpt, build, source, total_epochs)
         except ConfigError:
             raise
         except UNLOADABLE as e:
@@ -98,6 +100,7 @@ class SearchState:
         ckpt: dict[str, Any],
         build: Callable[[dict[str, list[list[str]]] | None], SearchState],
         source: str | None,
+        total_epochs: int | None = None,
     ) -> SearchState:
         if ckpt.get("version") != CHECKPOINT_VERSION:
             raise ConfigError(
@@ -120,9 +123,9 @@ class SearchState:
         state.strategy.load_state_dict(ckpt["strategy"])
         pos = ckpt["position"]
         state.stage, state.epoch_in_stage, state.global_epoch = (
-            pos["stage"],
-            pos["epoch_in_stage"],
-            pos["global_epoch"],
+            checked_count("stage", pos["stage"]),
+            checked_count("epoch_in_stage", pos["epoch_in_stage"]),
+            checked_count("global_epoch", pos["global_epoch"], total_epochs),
         )
         state.history, state.metrics, state.stages = ckpt["history"], ckpt["metrics"], ckpt["stages"]
         state.elapsed_s, state.phase_times_s = ckpt["elapsed_s"], dict(ckpt["phase_times_s"])

@@ -237,6 +237,20 @@ def identity_diff(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[
 UNLOADABLE = (KeyError, TypeError, ValueError, RuntimeError, AttributeError)
 
 
+def checked_count(name: str, value: Any, high: int | None = None) -> int:
+    """A checkpoint's counter (an epoch, a stage) as an int in [0, ``high``], else ValueError (one of
+    :data:`UNLOADABLE`): an edited ``epoch: -5`` would otherwise resume at -4 and log epochs twice."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < 0
+        or (high is not None and value > high)
+    ):
+        bound = f"an integer in [0, {high}]" if high is not None else "an integer >= 0"
+        raise ValueError(f"its {name} is {value!r}, not {bound}")
+    return value
+
+
 def unloadable(e: BaseException) -> str:
     """The problem text of a checkpoint that has this run's identity but does not load into its objects
     (edited, damaged, or written by a version with other tensor shapes)."""

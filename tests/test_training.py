@@ -440,3 +440,30 @@ def test_a_checkpoint_with_the_identity_but_other_shapes_is_one_error(
         _run(kind, _cfg(fake_cifar_root), out)
     assert str(e.value).startswith(str(out)) and "--no-resume" in str(e.value)
     assert (out / "checkpoint.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(
+    "value", [-5, 10_000, "1", True, 1.0], ids=["negative", "beyond", "text", "bool", "float"]
+)
+def test_a_checkpoint_with_an_edited_epoch_is_one_error(
+    kind: str, value: object, fake_cifar_root: Path, tmp_path: Path
+) -> None:
+    """``epoch: -5`` would resume at -4 and log epoch 1 twice; a counter that is not a whole number in
+    range is refused like any checkpoint that does not load, naming the counter and its value."""
+    out = tmp_path / "run"
+    with pytest.raises(_Stop):
+        _run(kind, _cfg(fake_cifar_root), out, on_epoch=_stop_after(1))
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    if kind == "search":
+        ckpt["position"]["global_epoch"] = value
+        counter = "global_epoch"
+    else:
+        ckpt["epoch"] = value
+        counter = "epoch"
+    torch.save(ckpt, out / "checkpoint.pt")
+    before = (out / "checkpoint.pt").read_bytes()
+    with pytest.raises(ConfigError, match="does not load into it") as e:
+        _run(kind, _cfg(fake_cifar_root), out)
+    assert f"its {counter} is {value!r}, not an integer in [0, " in str(e.value), str(e.value)
+    assert (out / "checkpoint.pt").read_bytes() == before

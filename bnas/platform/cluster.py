@@ -46,6 +46,13 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 LOOPBACK = "127.0.0.1"
 
+#: A Ray cluster that outlives a study, listening on 127.0.0.1 alone (GCS, raylet, dashboard, agents,
+#: workers): a single-machine cluster, which :func:`connect` joins as one. Without the variable Ray
+#: 2.60 binds them to all interfaces, whatever ``--node-ip-address`` says.
+KEEP_CLUSTER_COMMAND = (
+    f"{SINGLE_MACHINE_ENV}=0 ray start --head --node-ip-address {LOOPBACK} --dashboard-host {LOOPBACK}"
+)
+
 
 @dataclass
 class ClusterInfo:
@@ -175,9 +182,11 @@ def connect(address: str | None, dashboard: bool, verbose: bool) -> ClusterInfo:
     import ray
     from ray.job_config import JobConfig
 
+    single_machine = not address
     if address:
         check_address(address)
-    else:
+        single_machine = _single_machine_cluster(address)
+    if single_machine:
         _loopback_only()
     job = JobConfig(code_search_path=[str(REPO_ROOT)])
     try:
@@ -187,7 +196,7 @@ def connect(address: str | None, dashboard: bool, verbose: bool) -> ClusterInfo:
                 address=address or "local",
                 include_dashboard=dashboard if not address else None,
                 dashboard_host=LOOPBACK,
-                _node_ip_address=None if address else LOOPBACK,
+                _node_ip_address=LOOPBACK if single_machine else None,
                 job_config=job,
                 log_to_driver=verbose,
                 configure_logging=verbose,
@@ -235,6 +244,29 @@ def disconnect() -> None:
 
     ray.shutdown()
     _restore()
+
+
+def _single_machine_cluster(address: str, timeout_s: float = 10.0) -> bool:
+    """True where ``address`` is a loopback ``host:port`` and every live node of that cluster registered
+    a loopback IP: a single-machine cluster (``ray start --node-ip-address 127.0.0.1`` with
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, what the study summary prints). A driver joins it only as a
+    single-machine driver too: otherwise Ray swaps 127.0.0.1 for the machine's address, where such a
+    cluster does not listen."""
+    host = address.rpartition(":")[0].strip("[]")
+    if not host or not is_loopback(host):
+        return False
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            from ray._raylet import GcsClient
+
+            nodes = GcsClient(address=address).get_all_node_info(timeout=timeout_s).values()
+            ips = [n.node_manager_address for n in nodes if n.state == 0]  # GcsNodeInfo.ALIVE
+        except Exception:  # noqa: BLE001  (cannot ask: join as before; ray.init reports what is wrong)
+            return False
+        if ips or time.monotonic() > deadline:  # a head just started registers its node a moment later
+            return bool(ips) and all(is_loopback(ip) for ip in ips)
+        time.sleep(0.5)
 
 
 def probe_resources(address: str | None, timeout_s: float = 10.0) -> dict[str, float] | None:

@@ -32,6 +32,7 @@ from bnas.errors import ConfigError
 from bnas.platform.cluster import check_cluster, connect, disconnect, plan_trials
 from bnas.platform.identity import DatasetDescription, describe_dataset, identity_record, study_identity
 from bnas.platform.stages import (
+    STATE_FILE,
     StageContext,
     StudyInterrupted,
     StudyState,
@@ -152,6 +153,7 @@ def _preflight(spec: StudySpec, opts: RunOptions) -> tuple[str, DatasetDescripti
                     spec.source,
                     "--resume",
                 )
+        _check_resumable_folder(opts.out_dir, state)
     if opts.stage == "retrain" and spec.retrain.top_k == 0:
         raise ConfigError("is 0: nothing to retrain", spec.source, "retrain.top_k")
     if opts.stage == "retrain" and recorded is None:
@@ -163,6 +165,30 @@ def _preflight(spec: StudySpec, opts: RunOptions) -> tuple[str, DatasetDescripti
     # Last, as in a run: what the cluster can give each trial (no Ray process starts for this).
     check_cluster(spec, opts.address)
     return uri, dataset, tracker_config
+
+
+def _check_resumable_folder(out_dir: Path, state: StudyState) -> None:
+    """Refuse ``--resume`` where the folder lost what a stage's trials were recorded against: the
+    stage's Tune experiment (``ray/<name>``) or, for the search, ``optuna.db``, while
+    ``mlflow_runs.json`` holds that stage's runs. Resuming would run the stage again from nothing and
+    record its trials a second time in MLflow."""
+    runs = RunMap(out_dir, "").load()["runs"]
+    for stage in ("search", "retrain"):
+        name = state.last(stage)
+        recorded = sum(1 for key in runs if key.startswith(f"{stage}/"))
+        if name is None or not recorded:
+            continue
+        missing = [out_dir / "ray" / name] + ([out_dir / OPTUNA_DB] if stage == "search" else [])
+        missing = [p for p in missing if not p.exists()]
+        if missing:
+            raise ConfigError(
+                f"{STATE_FILE} records {name} and {RUN_MAP} holds {recorded} {stage} run(s), but "
+                f"{' and '.join(str(p) for p in missing)} {'is' if len(missing) == 1 else 'are'} gone: a "
+                f"resume would run the {stage} again and record its trials twice. Restore the folder, or "
+                "start afresh in a new folder (--out) or under another --name",
+                str(out_dir),
+                "--resume",
+            )
 
 
 #: The study folder's lock file: held (``flock``) by the one driver running the study.

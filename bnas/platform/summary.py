@@ -11,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bnas.platform.cluster import ClusterInfo
+from bnas.platform.cluster import KEEP_CLUSTER_COMMAND, ClusterInfo
 from bnas.platform.leaderboard import leaderboard
 from bnas.platform.mlflow_ui import runs_view_hint, runs_view_lines, runs_view_url
 from bnas.platform.tracking import StudyTracker
@@ -115,8 +115,8 @@ def where_to_look(
     if cluster.dashboard_url and ended and cluster.started_here:
         lines.append(
             f"Ray dashboard: was at {cluster.dashboard_url} while the study ran; it stops with the local "
-            "cluster. To keep one up: `ray start --head --dashboard-host 127.0.0.1`, then run the study "
-            "with --address 127.0.0.1:6379"
+            f"cluster. To keep one up, on this machine only: `{KEEP_CLUSTER_COMMAND}`, then run the "
+            "study with --address 127.0.0.1:6379"
         )
     elif cluster.dashboard_url:
         auth = (

@@ -14,6 +14,7 @@ learn above chance, see test_smoke_outcome.py; reading it costs nothing in every
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import signal
 import socket
@@ -34,23 +35,29 @@ from platform_helpers import (
     smoke_args,
 )
 
+#: address -> pid of the ``ray start --block`` process of each head started here.
+HEAD_PIDS: dict[str, int] = {}
+
 
 @pytest.fixture(scope="session")
 def ray_head() -> str:
     """A Ray head on loopback in its own temp dir and process group (so that neither a colleague's
-    ``ray.init()`` nor ``ray stop`` ever meets it); ended with its process group afterwards."""
+    ``ray.init()`` nor ``ray stop`` ever meets it); ended with its process group afterwards. It is
+    started as the study summary tells users to keep a cluster (``KEEP_CLUSTER_COMMAND``: a
+    single-machine cluster), so every study joined to it tests that command."""
+    from bnas.platform.cluster import KEEP_CLUSTER_COMMAND
+
+    assignment, _, command = KEEP_CLUSTER_COMMAND.partition(" ray ")
+    variable, _, value = assignment.partition("=")
     port = free_port()
     temp_dir = tempfile.mkdtemp(prefix="bnasray", dir="/tmp")  # short: Ray's socket paths must fit
     cmd = [
         sys.executable,  # Ray's console script of this interpreter, whether its venv is activated or not
         "-m",
         "ray.scripts.scripts",
-        "start",
-        "--head",
+        *shlex.split(command),  # start --head --node-ip-address 127.0.0.1 --dashboard-host 127.0.0.1
         "--port",
         str(port),
-        "--node-ip-address",
-        "127.0.0.1",
         "--include-dashboard=false",
         "--num-cpus",
         "2",
@@ -59,8 +66,10 @@ def ray_head() -> str:
         "--block",
     ]
     log = open(Path(temp_dir) / "ray_start.log", "w")
-    proc = subprocess.Popen(cmd, env=cli_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    env = {**cli_env(), variable: value}
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"127.0.0.1:{port}"
+    HEAD_PIDS[address] = proc.pid
     try:
         deadline = time.time() + 90
         while time.time() < deadline:

@@ -31,6 +31,7 @@ import mlflow
 import optuna
 import pytest
 from optuna.trial import TrialState
+from platform_fixtures import HEAD_PIDS
 from platform_helpers import cli_env, end_group, free_port, run_cli, smoke_args, start_cli
 
 from bnas.platform.cluster import is_loopback
@@ -220,6 +221,26 @@ def check_recorded_once(uri: str, out: Path, trials: int) -> list:
 # --------------------------------------------------------------------------------------------
 # The tests
 # --------------------------------------------------------------------------------------------
+
+
+def test_the_cluster_the_summary_prints_listens_on_loopback_only(ray_head: str) -> None:
+    """``ray_head`` runs the summary's KEEP_CLUSTER_COMMAND (the smoke study joins it with --address):
+    every listening socket of its processes is on 127.0.0.0/8 (without the variable, GCS and raylet
+    listen on all interfaces), and ``connect`` recognises it as a single-machine cluster."""
+    seen: set[tuple] = set()
+    deadline, looks = time.time() + 60, 0
+    while looks < 4 or ("raylet" not in {s[0] for s in seen} and time.time() < deadline):
+        seen |= listening_sockets(process_tree(HEAD_PIDS[ray_head]))  # the raylet comes after the GCS
+        looks += 1
+        time.sleep(0.5)
+    assert {"gcs_server", "raylet"} <= {s[0] for s in seen}, sorted(seen)
+    outside = sorted(s for s in seen if not is_loopback(s[3]))
+    assert not outside, f"listening outside 127.0.0.0/8: {outside}"
+    # As run.py asks (token mode, which Ray reads at import: a process of its own).
+    probe = f"from bnas.platform.cluster import _single_machine_cluster as s; print(s({ray_head!r}, 30))"
+    env = {**cli_env(), "RAY_AUTH_MODE": "token"}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "True", out.stderr[-2000:]
 
 
 def test_local_study_listens_on_loopback_only_and_sigint_resumes(

@@ -18,7 +18,7 @@ from platform_helpers import load_run_main, smoke_args
 
 from bnas.config import ConfigError
 from bnas.platform import orchestrate
-from bnas.platform.cluster import check_cluster, is_loopback, probe_resources
+from bnas.platform.cluster import _single_machine_cluster, check_cluster, is_loopback, probe_resources
 from bnas.platform.study import STUDIES_DIR, load_study
 
 SMOKE = STUDIES_DIR / "bnas_smoke.yaml"
@@ -327,6 +327,13 @@ def test_is_loopback(host: str, loopback: bool) -> None:
 
 
 @pytest.mark.platform
+@pytest.mark.parametrize("address", ["10.0.0.1:6379", "example.org:6379", ":6379", "auto"])
+def test_only_a_loopback_address_names_a_single_machine_cluster(address: str) -> None:
+    """A driver joins as a single-machine one (node IP 127.0.0.1) only a cluster at a loopback address
+    whose nodes all registered loopback IPs; any other address is not even asked."""
+    assert not _single_machine_cluster(address)
+
+
 @pytest.mark.parametrize(
     "sets, rc, words",
     [

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -210,6 +211,34 @@ def test_retrain_stage_alone_skips_what_is_done(
     assert len(_by_kind(_runs(smoke_study.tracking_uri), "retrain")) == before
     # Nothing retrained, nothing beaten: no new version, the alias stays where it was.
     assert _champion(smoke_study.tracking_uri) == champion_before
+
+
+@pytest.mark.parametrize("lost", [("ray", "optuna.db"), ("ray",), ("optuna.db",)], ids="+".join)
+@pytest.mark.parametrize("check", [True, False], ids=["check", "run"])
+def test_resume_refuses_a_folder_that_lost_its_experiment(
+    smoke_study: SmokeStudy, ray_head: str, fake_cifar_root: Path, tmp_path: Path, lost: tuple, check: bool
+) -> None:
+    """A finished study's folder without ray/ (or optuna.db): --resume would search again from nothing
+    and record every trial twice; it is refused (exit 2, one error line), nothing run or recorded."""
+    out = tmp_path / "study"
+    shutil.copytree(smoke_study.out_dir, out)
+    store = Path(smoke_study.tracking_uri.removeprefix("sqlite:///"))
+    shutil.copy(store, tmp_path / store.name)
+    uri = f"sqlite:///{tmp_path / store.name}"
+    run_map = json.loads((out / "mlflow_runs.json").read_text())
+    (out / "mlflow_runs.json").write_text(json.dumps({**run_map, "tracking_uri": uri}))  # the copied store
+    for name in lost:
+        (shutil.rmtree if (out / name).is_dir() else Path.unlink)(out / name)
+    extra = ["--check"] if check else ["--address", ray_head, "--quiet"]
+    before = len(_runs(uri))
+    args = smoke_args(out, uri, fake_cifar_root, "--resume", *extra, settings=SMOKE_TEST_SETTINGS)
+    res = run_cli(args, cwd=tmp_path)
+    assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-3000:]
+    assert res.stderr.startswith(f"error: {out}: --resume: study_state.json records "), res.stderr
+    assert "record its trials twice" in res.stderr and "Traceback" not in res.stderr, res.stderr
+    for name in lost:
+        assert str(out / name) in res.stderr and not (out / name).exists()
+    assert len(_runs(uri)) == before
 
 
 def test_killed_driver_resumes_without_lost_or_duplicated_runs(

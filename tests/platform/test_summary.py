@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from bnas.platform.cluster import ClusterInfo
+from bnas.platform.cluster import KEEP_CLUSTER_COMMAND, ClusterInfo
 from bnas.platform.summary import format_summary, where_to_look
 
 
@@ -61,7 +61,7 @@ def test_where_to_look_opens_the_runs_view_and_says_when_the_dashboard_is_gone(t
     assert "http://127.0.0.1:5000/#/experiments/7/runs" in during  # not MLflow 3's GenAI overview
     assert f"optuna-dashboard sqlite:///{tmp_path / 'optuna.db'}" in during
     after = where_to_look(local, "7", "http://host:5000", ended=True)
-    assert "was at http://127.0.0.1:8265" in after and "ray start --head" in after
+    assert "was at http://127.0.0.1:8265" in after and KEEP_CLUSTER_COMMAND in after
     assert "MLflow UI: http://host:5000/#/experiments/7/runs" in after
     joined = ClusterInfo("10.0.0.1:6379", "http://10.0.0.1:8265", False, {}, started_here=False)
     assert "Ray dashboard: http://10.0.0.1:8265" in where_to_look(joined, "7", "http://h:5000", ended=True)
