@@ -32,6 +32,7 @@ RESULTS: tuple[tuple[str, str, str], ...] = (
         "schedules.md",
     ),
     ("Super-network step: batched edges against PC-DARTS's network", "docs/results/step_cpu", "step.md"),
+    ("torch.compile on CPU: its cost against one default search", "docs/results/compile_cpu", "step.md"),
     ("Timed walkthrough: a fresh clone on a 2-core CPU", "docs/results/walkthrough_cpu", "walkthrough.md"),
     ("Model size at the paper's network size", "docs/results/model_sizes", "sizes.md"),
 )

@@ -20,10 +20,12 @@ stage has left (:class:`StageProgress`).
 
 from __future__ import annotations
 
+import contextlib
 import heapq
+import logging
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -327,3 +329,52 @@ class TrackingCallback(tune.Callback):
             line = f"{self._label(trial, trials)}: FAILED: {message[:300]} (full error: {trial.error_file})"
             self._say(line + self.stage.eta_text(trials))
         self.tracker.finish(self.kind, trial.trial_id, state=State.FAILED, error=message[:1000])
+
+
+#: Tune's loggers whose records repeat, as a traceback, what the console's FAILED line already says
+#: (with the path of the full error): the trial's error, a failed checkpoint sync, and the result
+#: file a retried trial could not restore.
+TUNE_ERROR_LOGGERS = (
+    "ray.tune.execution.tune_controller",
+    "ray.train._internal.syncer",
+    "ray.tune.logger.logger",
+)
+#: Records dropped outright: said by the console's FAILED line, or a consequence of the same failure
+#: (a study's storage is a local folder: a sync fails where a checkpoint cannot be written).
+TUNE_REPEATS = ("Trial task failed for trial", "Remote file not found:", "Last sync command failed")
+
+
+class _OneLineErrors(logging.Filter):
+    """Drops Tune's "Trial task failed" traceback (the console's FAILED line says it, with the error
+    file) and the like (:data:`TUNE_REPEATS`); shortens other warnings and errors of these loggers to
+    their first and last lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith(TUNE_REPEATS):
+            return False
+        if record.levelno >= logging.WARNING and (record.exc_info or "\n" in message):
+            lines = [line for line in message.splitlines() if line.strip()]
+            if record.exc_info and record.exc_info[1] is not None:
+                lines.append(f"{type(record.exc_info[1]).__name__}: {record.exc_info[1]}".splitlines()[0])
+            record.msg = lines[0] if len(lines) < 2 else f"{lines[0]} {lines[-1].strip()}"
+            record.args, record.exc_info, record.exc_text = (), None, None
+        return True
+
+
+@contextlib.contextmanager
+def one_line_trial_errors(active: bool) -> Iterator[None]:
+    """While a stage runs without ``--ray-logs``: a failing trial is one console line, not Tune's
+    traceback as well (a full disk would otherwise print hundreds of lines before run.py's error)."""
+    if not active:
+        yield
+        return
+    flt = _OneLineErrors()
+    loggers = [logging.getLogger(name) for name in TUNE_ERROR_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(flt)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(flt)

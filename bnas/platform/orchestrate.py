@@ -19,16 +19,19 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import fcntl
 import json
 import os
+import shutil
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bnas.errors import ConfigError
+from bnas.platform.callbacks import one_line_trial_errors
 from bnas.platform.cluster import check_cluster, connect, disconnect, plan_trials
 from bnas.platform.identity import DatasetDescription, describe_dataset, identity_record, study_identity
 from bnas.platform.stages import (
@@ -226,6 +229,38 @@ def study_lock(out_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
+#: Free bytes below which a study's folder (or its SQLite store's) counts as full when a stage fails.
+FULL_DISK_BYTES = 1 << 20
+
+
+def _store_folders(uri: str) -> list[Path]:
+    """The folder of a ``sqlite:///`` tracking store (a full disk there stops the study too)."""
+    return [Path(uri.removeprefix("sqlite:///")).parent] if uri.startswith("sqlite:///") else []
+
+
+def _full_disk(error: BaseException, folders: Sequence[Path]) -> Path | None:
+    """The folder whose file system is full when ``error`` stopped a stage, else None: ENOSPC or
+    SQLite's "database or disk is full" anywhere in the error's chain (Tune and Optuna wrap it), or
+    less than :data:`FULL_DISK_BYTES` free where the study writes."""
+    chain, seen = [], error
+    while seen is not None and len(chain) < 20:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    said_full = any(
+        getattr(x, "errno", None) == errno.ENOSPC or "disk is full" in str(x) or "No space left" in str(x)
+        for x in chain
+    )
+    free: dict[Path, int] = {}
+    for folder in folders:
+        probe = next((p for p in (folder, *folder.parents) if p.exists()), None)
+        with contextlib.suppress(OSError, TypeError):
+            free[folder] = shutil.disk_usage(probe).free  # type: ignore[arg-type]
+    if not free:
+        return None
+    fullest = min(free, key=free.__getitem__)
+    return fullest if said_full or free[fullest] < FULL_DISK_BYTES else None
+
+
 def run_study(spec: StudySpec, opts: RunOptions, log: Log = print) -> StudyOutcome:
     """Check, lock the study folder, connect, run the requested stage(s), print where to look; returns
     the summary."""
@@ -264,18 +299,26 @@ def _run_locked(
         ctx = StageContext(spec, opts.out_dir, plan, tracker.config, opts.resume, opts.verbose, opts.ray_logs)
         status = "FINISHED"
         try:
-            if opts.stage in ("search", "all"):
-                run_search_stage(ctx, log)
-            if opts.stage in ("retrain", "all") and spec.retrain.top_k > 0:
-                run_retrain_stage(ctx, tracker, log)
+            with one_line_trial_errors(not opts.ray_logs):
+                if opts.stage in ("search", "all"):
+                    run_search_stage(ctx, log)
+                if opts.stage in ("retrain", "all") and spec.retrain.top_k > 0:
+                    run_retrain_stage(ctx, tracker, log)
         except StudyInterrupted:
             status = "KILLED"
             raise
-        except BaseException:
+        except BaseException as e:
             status = "FAILED"
+            tracker.end_open_runs("FAILED")
+            full = _full_disk(e, [opts.out_dir, *_store_folders(uri)])
+            if full is not None:  # the user's to fix: one error line (run.py), not Tune's traceback
+                raise OSError(
+                    errno.ENOSPC, "No space left on device (continue with --resume)", str(full)
+                ) from e
             raise
         finally:
-            tracker.close_study(status)
+            with contextlib.suppress(Exception):  # a full store must not hide why the study stopped
+                tracker.close_study(status)
         rows, counts = summarize(tracker, num_classes=dataset.num_classes)
         log(format_summary(rows, counts))
         log(where_to_look(cluster, tracker.experiment_id, uri, optuna_db, ended=True))

@@ -200,6 +200,28 @@ class StudyTracker:
     def close_study(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.parent_id, status=status)
 
+    def end_open_runs(self, status: str = "FAILED") -> int:
+        """Mark this study's trial runs that MLflow still shows RUNNING with ``status`` (a driver that
+        stops on an error would otherwise leave them running for ever; ``--resume`` reopens them, since
+        the run map does not mark them done). Best effort: it never hides the error that stopped the
+        study. Returns how many runs it ended."""
+        ended = 0
+        try:
+            runs = self.map.load()["runs"]
+        except Exception:  # noqa: BLE001  (a damaged map: nothing to end from it)
+            return 0
+        for entry in runs.values():
+            run_id = entry.get("run_id")
+            if not isinstance(run_id, str) or entry.get("done"):
+                continue
+            try:
+                if self.client.get_run(run_id).info.status == "RUNNING":
+                    self.client.set_terminated(run_id, status=status)
+                    ended += 1
+            except Exception:  # noqa: BLE001  (a store that is full or gone: leave the rest as they are)
+                break
+        return ended
+
     # ------------------------------------------------------------------ trial runs
     def open_search_run(self, trial_id: str, settings: Mapping[str, Any], sampled: Mapping[str, Any]) -> str:
         """The run of search trial ``trial_id``; params: its resolved ``settings`` (dotted keys) and the

@@ -331,3 +331,45 @@ def test_smoke_study_console_numbers_its_trials(smoke_study: SmokeStudy) -> None
         numbers = sorted(ln.split("(trial ")[1].split(")")[0] for ln in stage)
         assert numbers == sorted(f"{i} of {n}" for i in range(1, n + 1)), stage
         assert "stage ETA ~" in stage[0] and "stage ETA" not in stage[-1], stage
+
+
+def test_one_line_trial_errors_drops_tunes_repeats_and_shortens_the_rest() -> None:
+    """Without --ray-logs a failing trial is the console's FAILED line: Tune's traceback of it is
+    dropped, another multi-line warning of its loggers becomes one line; with --ray-logs all stay."""
+    import logging
+
+    from bnas.platform.callbacks import TUNE_ERROR_LOGGERS, one_line_trial_errors
+
+    class Keep(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__(logging.WARNING)
+            self.records: list[logging.LogRecord] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.records.append(record)
+
+    log, keep = logging.getLogger(TUNE_ERROR_LOGGERS[0]), Keep()
+    log.addHandler(keep)
+    try:
+        raise OSError(28, "No space left on device")
+    except OSError as e:
+        error = e
+    try:
+        with one_line_trial_errors(True):
+            log.error("Trial task failed for trial search_trial_1", exc_info=error)
+            log.warning(
+                "Something else failed:\nTraceback (most recent call last):\n  File x\nValueError: boom"
+            )
+            log.error("Checkpoint failed", exc_info=error)
+        assert [r.getMessage() for r in keep.records] == [
+            "Something else failed: ValueError: boom",
+            "Checkpoint failed OSError: [Errno 28] No space left on device",
+        ]
+        assert all(r.exc_info is None for r in keep.records)
+        keep.records.clear()
+        with one_line_trial_errors(False):
+            log.error("Trial task failed for trial search_trial_1", exc_info=error)
+        assert [r.exc_info is not None for r in keep.records] == [True]
+        assert not log.filters  # taken off again
+    finally:
+        log.removeHandler(keep)

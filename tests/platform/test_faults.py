@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import mlflow
@@ -458,3 +458,42 @@ def test_two_node_cluster_loses_a_node_mid_search(tmp_path: Path, fake_cifar_roo
                 pass
             end_group(node, signal.SIGKILL)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs (a full disk within seconds of a study); skipped where mounting is not allowed."""
+    where = tmp_path / "small_disk"
+    where.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)], capture_output=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.decode(errors='replace').strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def test_a_disk_that_fills_mid_study_is_one_error_line_and_leaves_nothing_running(
+    tmp_path: Path, ray_head: str, fake_cifar_root: Path, small_disk: Path
+) -> None:
+    """The study folder's file system fills while trials checkpoint: run.py prints one ``error:`` line
+    (exit 2; no Tune traceback), and no MLflow run is left RUNNING (the trials' runs FAILED)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # the store has room: the study folder fills
+    out = small_disk / "study"
+    filler = small_disk / "filler"  # leave room for the start of the study, not for its checkpoints
+    filler.write_bytes(b"\0" * (shutil.disk_usage(small_disk).free - 600 * 1024))
+    settings = [*FAULT_SETTINGS, "fixed.reduction.epochs_per_stage=4"]
+    args = smoke_args(
+        out, uri, fake_cifar_root, "--address", ray_head, "--quiet", "--stage", "search", settings=settings
+    )
+    res = run_cli(args, cwd=tmp_path, timeout=600)
+    err = res.stderr.strip().splitlines()
+    assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-3000:]
+    assert len(err) == 1 and err[0].startswith(f"error: {out}: No space left on device"), res.stderr[-3000:]
+    assert "--resume" in err[0]
+    runs = _runs(uri, "search")
+    assert runs and all(r.info.status == "FAILED" for r in runs), [r.info.status for r in runs]
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment_name("bnas_smoke"))
+    assert "RUNNING" not in {r.info.status for r in search_all(client, exp.experiment_id, "")}
