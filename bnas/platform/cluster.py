@@ -318,7 +318,11 @@ def _local_resources() -> dict[str, float]:
         from ray._private.resource_and_label_spec import ResourceAndLabelSpec
 
         spec: Any = ResourceAndLabelSpec().resolve(is_head=True, node_ip_address=LOOPBACK)
-        return {"CPU": float(spec.num_cpus), "GPU": float(spec.num_gpus or 0)}
+        return {
+            "CPU": float(spec.num_cpus),
+            "GPU": float(spec.num_gpus or 0),
+            "memory": float(spec.memory or 0),
+        }
     except (ImportError, AttributeError, TypeError):  # Ray's detection moved: the same figures here
         import torch
 
@@ -326,11 +330,58 @@ def _local_resources() -> dict[str, float]:
         return {"CPU": float(cpus or 1), "GPU": float(torch.cuda.device_count())}
 
 
-def check_cluster(spec: StudySpec, address: str | None) -> TrialPlan | None:
-    """What a run checks once connected (:func:`plan_trials`), before anything starts; None where the
-    cluster can be known only by joining it."""
+def check_cluster(spec: StudySpec, address: str | None, num_classes: int | None = None) -> TrialPlan | None:
+    """What a run checks once connected (:func:`plan_trials`), before anything starts, and, given the
+    dataset's ``num_classes``, whether one search trial fits the cluster's memory
+    (:func:`check_memory`); None where the cluster can be known only by joining it."""
     resources = probe_resources(address)
-    return None if resources is None else plan_trials(spec, resources)
+    if resources is None:
+        return None
+    plan = plan_trials(spec, resources)
+    if num_classes is not None:
+        check_memory(spec, resources, plan, num_classes, local=not address)
+    return plan
+
+
+def check_memory(
+    spec: StudySpec, resources: dict[str, float], plan: TrialPlan, num_classes: int, local: bool
+) -> None:
+    """Refuse a study whose search step cannot fit: at every probe point of the space, the memory of
+    one super-network step (:func:`bnas.memory.search_memory`, a lower bound) against the memory Ray
+    gives tasks on the cluster (its ``memory`` resource) or, for GPU trials on this machine, the GPU's
+    memory. The message carries the estimate and the settings that set it."""
+    from bnas.memory import search_memory
+
+    if plan.device == "cuda":
+        import torch
+
+        if not (local and torch.cuda.is_available()):
+            return  # another machine's GPU: its memory is not known here
+        limit, where = float(torch.cuda.get_device_properties(0).total_memory), "the GPU's memory"
+    else:
+        limit, where = float(resources.get("memory", 0.0)), "the memory Ray gives tasks on this cluster"
+    if limit <= 0:
+        return
+    seen: set[tuple] = set()
+    for point in spec.space.probe_points():
+        cfg = spec.trial_config(point)
+        sc = cfg.search
+        shape = (sc.batch_size, cfg.data.image_size, sc.init_channels, sc.layers, sc.sampling_k, sc.nodes)
+        if shape in seen:
+            continue
+        seen.add(shape)
+        estimate = search_memory(cfg, num_classes)
+        if estimate.total > limit:
+            what = f"with {point}: " if point else ""
+            raise ConfigError(
+                f"{what}one search step needs at least {estimate.describe()} at search.batch_size="
+                f"{sc.batch_size}, data.image_size={cfg.data.image_size}, search.init_channels="
+                f"{sc.init_channels}, search.layers={sc.layers}, search.sampling_k={sc.sampling_k}, more "
+                f"than {where} ({limit / 2**30:.1f} GiB); lower the batch size, image size, channels "
+                "or cells, or raise sampling_k",
+                spec.source,
+                "space",
+            )
 
 
 def plan_trials(spec: StudySpec, cluster: dict[str, float]) -> TrialPlan:

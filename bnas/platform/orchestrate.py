@@ -166,7 +166,7 @@ def _preflight(spec: StudySpec, opts: RunOptions) -> tuple[str, DatasetDescripti
             key="--stage",
         )
     # Last, as in a run: what the cluster can give each trial (no Ray process starts for this).
-    check_cluster(spec, opts.address)
+    check_cluster(spec, opts.address, dataset.num_classes)
     return uri, dataset, tracker_config
 
 

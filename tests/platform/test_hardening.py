@@ -200,6 +200,13 @@ CASES = [
         ["8 images cannot hold one of each of the 10 classes"],
     ),
     ("more_cpus_than_the_cluster", None, ["resources.cpu=64"], "resources.cpu", ["64 CPUs", "wait forever"]),
+    (
+        "search_step_beyond_the_memory",
+        None,
+        ["fixed.data.image_size=512", "fixed.search.init_channels=256"],
+        "space",
+        ["one search step needs at least", "GiB", "data.image_size=512", "more than the memory Ray gives"],
+    ),
     ("more_gpus_than_the_cluster", None, ["resources.gpu=4096"], "resources.gpu", ["4096 GPU"]),
     (
         "not_utf8",
