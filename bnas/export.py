@@ -233,6 +233,12 @@ HEADER_KEYS: dict[str, type | tuple[type, ...]] = {
 BUILD_BOUNDS = {"C": 1024, "layers": 100, "num_classes": 100_000, "in_channels": 64}
 
 
+#: [D] An unfolded network holds at most about this many values per stored one: BatchNorm's 4 values per
+#: channel (weight, bias, running mean and variance) fold into 2, PCNN's projection (one value per binary
+#: weight) is not stored (measured: 2.1x for PCNN, C=8, 5 cells). A bomb is orders of magnitude beyond.
+PAYLOAD_SLACK = 4
+
+
 def _check_header(header: dict[str, Any], path: Path) -> None:
     """Refuse a header whose keys are missing or mistyped, whose counts disagree with its payload, or
     that describes a network beyond :data:`BUILD_BOUNDS`: before anything is built from it."""
@@ -283,11 +289,23 @@ def _build(header: dict[str, Any], path: Path) -> nn.Module:
     try:
         genotype = Genotype.from_dict(header["genotype"])
         spec = BinarySpec(**header["spec"])
-        return NETWORKS[name](genotype, auxiliary=False, spec=spec, **header["build"])
+        # First on the meta device (shapes only, nothing allocated): a header whose build describes a
+        # network far larger than its payload (C and layers within bounds, counts untouched) is refused
+        # before its weights would be allocated.
+        with torch.device("meta"):
+            shapes = NETWORKS[name](genotype, auxiliary=False, spec=spec, **header["build"])
     except (KeyError, TypeError, ValueError, AttributeError) as e:  # a header edited by hand
         raise PackedFormatError(
             f"{path}: the header does not describe a network ({type(e).__name__}: {e})"
         ) from None
+    described = sum(t.numel() for t in (*shapes.parameters(), *shapes.buffers()))
+    stored = header["binary_params"] + header["floats"]
+    if described > PAYLOAD_SLACK * stored + 1024:
+        raise PackedFormatError(
+            f"{path}: the header's build {header['build']} describes a network of {described} values, "
+            f"but its payload holds {stored}"
+        )
+    return NETWORKS[name](genotype, auxiliary=False, spec=spec, **header["build"])
 
 
 def _unpack(payload: bytes, n_bits: int, n_floats: int, path: Path) -> tuple[torch.Tensor, torch.Tensor]:

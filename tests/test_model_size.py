@@ -310,6 +310,7 @@ def _rewrite_header(path: Path, edit) -> None:
         (lambda h: h.pop("floats"), "header key 'floats' is missing or not of type int"),
         (lambda h: h.update(genotype="x"), "header key 'genotype' is missing or not of type dict"),
         (lambda h: h["build"].update(unknown=1), "the header does not describe a network"),
+        (lambda h: h["build"].update(C=512, layers=50), "describes a network of .* but its payload holds"),
     ],
 )
 def test_a_tampered_header_is_refused_before_anything_is_built(tmp_path: Path, edit, match: str) -> None:
