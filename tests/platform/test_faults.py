@@ -497,3 +497,49 @@ def test_a_disk_that_fills_mid_study_is_one_error_line_and_leaves_nothing_runnin
     client = mlflow.MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment_name("bnas_smoke"))
     assert "RUNNING" not in {r.info.status for r in search_all(client, exp.experiment_id, "")}
+
+
+def test_two_drivers_on_one_study_the_second_is_refused_and_the_first_finishes(
+    tmp_path: Path, ray_head: str, fake_cifar_root: Path
+) -> None:
+    """Two run.py on the same study name and folder at once: the second stops with one error naming
+    the first's PID and host (exit 2, nothing written to the store), the first finishes normally with
+    every trial's run FINISHED and every Optuna trial COMPLETE."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "study"
+    args = smoke_args(
+        out,
+        uri,
+        fake_cifar_root,
+        "--address",
+        ray_head,
+        "--quiet",
+        "--stage",
+        "search",
+        # Long enough that the first is still running when the second has started and been refused.
+        settings=[*FAULT_SETTINGS, "fixed.reduction.epochs_per_stage=40"],
+    )
+    log = tmp_path / "first.log"
+    first = start_cli(args, tmp_path, log)
+    try:
+        wait_for(
+            "the first driver's lock", lambda: _checkpointed_trials(out / "ray" / "search-1"), first, log, 300
+        )
+        runs_before = len(_runs(uri, "search"))
+        second = run_cli(args, cwd=tmp_path, timeout=120)
+        assert second.returncode == 2, second.stdout[-2000:] + second.stderr[-2000:]
+        err = second.stderr.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(
+            f"error: {out}: this study folder is being run by run.py"
+        ), err
+        assert f"pid {first.pid} on {socket.gethostname()}" in err[0]
+        assert len(_runs(uri, "search")) == runs_before  # the second created no run
+        assert first.poll() is None, "the first driver ended before the second was refused"
+        rc = first.wait(timeout=600)
+    finally:
+        end_group(first)
+    assert rc == 0, log.read_text()[-4000:]
+    runs = _runs(uri, "search")
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}, [r.info.status for r in runs]
+    study = optuna.load_study(study_name="bnas_smoke", storage=f"sqlite:///{out / 'optuna.db'}")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
