@@ -58,9 +58,11 @@ def _smoke_text(**replace: str) -> str:
     return text
 
 
-def run_py(ws: Path, *extra: str, study: str = "bnas_smoke", check: bool = True) -> list[str]:
+def run_py(
+    ws: Path, *extra: str, study: str = "bnas_smoke", check: bool = True, out: str = "out"
+) -> list[str]:
     args = [sys.executable, str(REPO / "run.py"), "--study", study, "--data-root", str(ws / "cifar")]
-    args += ["--out", str(ws / "out"), "--mlflow-uri", f"sqlite:///{ws / 'mlflow.db'}", *extra]
+    args += ["--out", str(ws / out), "--mlflow-uri", f"sqlite:///{ws / 'mlflow.db'}", *extra]
     return [*args, "--check"] if check else [*args, "--no-dashboard", "--quiet"]
 
 
@@ -115,16 +117,24 @@ def _finished_search(ws: Path, edit: Callable[[dict], None]) -> None:
 
     out = ws / "search"
     cmd = bnas("search", "--data-root", str(ws / "cifar"), "--out", str(out), "--quiet", *TINY_SEARCH)
-    subprocess.run(cmd, check=True, capture_output=True, cwd=ws, timeout=600)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    subprocess.run(cmd, check=True, capture_output=True, cwd=ws, timeout=600, env=env)
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     edit(ckpt)
     torch.save(ckpt, out / "checkpoint.pt")
 
 
 TINY_SEARCH = [
-    *("--set", "data.train_subset=96", "--set", "data.image_size=8", "--set", "search.layers=2"),
+    *("--set", "data.train_subset=96", "--set", "data.image_size=8", "--set", "search.layers=3"),
     *("--set", "search.init_channels=4", "--set", "search.batch_size=16", "--set", "reduction.stages=1"),
-    *("--set", "reduction.epochs_per_stage=1", "--set", "search.ops=[skip_connect,max_pool_3x3]"),
+    *(
+        "--set",
+        "reduction.epochs_per_stage=1",
+        "--set",
+        "reduction.warmup_epochs=0",
+        "--set",
+        "search.ops=[skip_connect,max_pool_3x3]",
+    ),
 ]
 
 
@@ -262,7 +272,7 @@ PROBES: list[Probe] = [
         "4",
         "--out is a file (run)",
         "refused",
-        lambda ws: run_py(ws, check=False)[:-3] + ["--out", str(ws / "afile"), "--no-dashboard", "--quiet"],
+        lambda ws: run_py(ws, check=False, out="afile"),
         lambda ws: (ws / "afile").write_text("x"),
         "",
     ),

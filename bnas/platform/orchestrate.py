@@ -126,6 +126,10 @@ def preflight(spec: StudySpec, opts: RunOptions, log: Log | None = None) -> str:
 
 
 def _preflight(spec: StudySpec, opts: RunOptions) -> tuple[str, DatasetDescription, TrackerConfig]:
+    if opts.out_dir.exists() and not opts.out_dir.is_dir():
+        raise ConfigError(
+            f"{opts.out_dir} is a file, not a folder; give --out a folder (new or the study's)", key="--out"
+        )
     uri = probe_store(opts.tracking_uri, write=True)
     recorded = recorded_tracking_uri(opts.out_dir)
     if recorded and recorded != uri:

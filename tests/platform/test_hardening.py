@@ -283,6 +283,23 @@ def test_a_study_named_by_its_file_obeys_the_name_rules(
     assert run_main([*argv, "--name", "renamed", "--check"]) == 0, capsys.readouterr().err
 
 
+@pytest.mark.parametrize("check", [True, False], ids=["check", "run"])
+def test_an_output_folder_that_is_a_file_is_one_error(
+    run_main, capsys, clean_env, tmp_path: Path, fake_cifar_root: Path, check: bool
+) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    argv = smoke_args(afile, f"sqlite:///{tmp_path / 'mlflow.db'}", fake_cifar_root)
+    rc = run_main([*argv, "--check"] if check else [*argv, "--no-dashboard", "--quiet"])
+    err = capsys.readouterr().err
+    assert (
+        rc == 2
+        and err
+        == f"error: --out: {afile} is a file, not a folder; give --out a folder (new or the study's)\n"
+    )
+    assert afile.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
 def test_every_problem_of_a_duplicated_file_is_listed(tmp_path: Path) -> None:
     path = tmp_path / "dups.yaml"
     path.write_text("trials: 2\nfixed:\n  search: {layers: 3, layers: 4}\ntrials: 3\n")
