@@ -154,10 +154,10 @@ PROBES: list[Probe] = [
     ),
     Probe(
         "2",
-        "YAML nested 50,000 deep",
+        "YAML nested 40,000 deep",
         "refused",
         lambda ws: run_py(ws, study=str(ws / "studies" / "deep.yaml")),
-        lambda ws: _study(ws, "a: " + "[" * 50_000 + "]" * 50_000, "deep.yaml"),
+        lambda ws: _study(ws, "a: " + "[" * 40_000 + "]" * 40_000, "deep.yaml"),
         "nested more than 32",
     ),
     Probe(
