@@ -35,6 +35,7 @@ RESULTS: tuple[tuple[str, str, str], ...] = (
     ("torch.compile on CPU: its cost against one default search", "docs/results/compile_cpu", "step.md"),
     ("Timed walkthrough: a fresh clone on a 2-core CPU", "docs/results/walkthrough_cpu", "walkthrough.md"),
     ("Model size at the paper's network size", "docs/results/model_sizes", "sizes.md"),
+    ("Hardening: bad inputs through the entry points", "docs/results/hardening_probes", "probes.md"),
 )
 
 
