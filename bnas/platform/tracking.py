@@ -125,6 +125,15 @@ class TrackerConfig:
     identity_record: str | None = None
 
 
+def artifact_root(tracking_uri: str) -> str | None:
+    """Where a new experiment keeps its artifacts: beside a SQLite store (``<store folder>/mlartifacts``,
+    whatever the working directory; MLflow's own default is ``./mlruns`` of the process that creates
+    the experiment), the server's choice for a tracking server (None)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    return (Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+
+
 class StudyTracker:
     """Writes the MLflow runs of one study (the schema: :mod:`bnas.platform.tracking_schema`)."""
 
@@ -140,7 +149,9 @@ class StudyTracker:
         if exp is None:
             # A model-training experiment, not MLflow 3's default GenAI one (bnas.platform.mlflow_ui).
             self.experiment_id = self.client.create_experiment(
-                name, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND}
+                name,
+                artifact_location=artifact_root(config.tracking_uri),
+                tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND},
             )
         else:
             self.experiment_id = exp.experiment_id

@@ -64,7 +64,7 @@ def test_multi_objective_values_and_stale_trials(tmp_path: Path) -> None:
 
 
 def test_tracker_never_duplicates_runs_or_epochs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)  # MLflow puts a SQLite store's artifacts under ./mlruns
+    monkeypatch.chdir(tmp_path)  # nothing of the study may land in the working directory
     cfg = TrackerConfig(f"sqlite:///{tmp_path / 'mlflow.db'}", "unit", str(tmp_path))
     first = StudyTracker(cfg)
     run = first.open_search_run("t1", {"search.layers": 3, "search.ops": ["a"] * 200}, {"search.lr": 0.1})
@@ -87,6 +87,28 @@ def test_tracker_never_duplicates_runs_or_epochs(tmp_path: Path, monkeypatch: py
     assert got.data.params["space.search.lr"] == "0.1"
     assert "epoch" not in got.data.metrics  # only the kind's epoch metrics are logged
     assert len(again.runs(SEARCH)) == 1
+
+
+def test_artifacts_go_beside_a_sqlite_store_whatever_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLflow's default for a SQLite store is ./mlruns of the process: a study run from elsewhere left
+    its artifacts in that folder. They go to <store folder>/mlartifacts; a server decides its own."""
+    from bnas.platform.tracking import artifact_root
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    store = tmp_path / "store"
+    store.mkdir()
+    (tmp_path / "study").mkdir()
+    tracker = StudyTracker(TrackerConfig(f"sqlite:///{store / 'mlflow.db'}", "unit", str(tmp_path / "study")))
+    run = tracker.open_search_run("t1", {"search.layers": 3}, {})
+    (tmp_path / "g.json").write_text("{}")
+    tracker.client.log_artifact(run, str(tmp_path / "g.json"))
+    assert (store / "mlartifacts").is_dir() and list((store / "mlartifacts").rglob("g.json"))
+    assert not (elsewhere / "mlruns").exists()
+    assert artifact_root("http://127.0.0.1:5000") is None
 
 
 def test_an_epoch_logged_but_not_recorded_in_the_map_is_not_logged_twice(
