@@ -300,6 +300,33 @@ def test_an_output_folder_that_is_a_file_is_one_error(
     assert afile.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 
+def test_a_read_only_output_folder_is_one_error(
+    run_main, capsys, clean_env, tmp_path: Path, fake_cifar_root: Path
+) -> None:
+    """A read-only file system (root writes through permissions, so a read-only tmpfs): exit 2, one
+    line naming the folder, no MLflow store created; skipped where mounting is not allowed."""
+    import subprocess
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], capture_output=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.decode(errors='replace').strip()}")
+    try:
+        argv = smoke_args(ro / "study", f"sqlite:///{tmp_path / 'mlflow.db'}", fake_cifar_root)
+        rc = run_main([*argv, "--no-dashboard", "--quiet"])
+        err = capsys.readouterr().err
+        assert (
+            rc == 2
+            and err
+            == f"error: {ro / 'study'}: Read-only file system; free space or choose a "
+            "writable folder, then rerun (it resumes)\n"
+        ), err
+        assert not (tmp_path / "mlflow.db").exists()
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], capture_output=True)
+
+
 def test_every_problem_of_a_duplicated_file_is_listed(tmp_path: Path) -> None:
     path = tmp_path / "dups.yaml"
     path.write_text("trials: 2\nfixed:\n  search: {layers: 3, layers: 4}\ntrials: 3\n")
