@@ -76,6 +76,7 @@ print(json.dumps({"estimate": search_memory(cfg, 10).total, "measured": peak - b
 """
 
 
+@pytest.mark.slow  # a fresh process importing torch
 def test_the_estimate_is_a_lower_bound_close_to_the_measured_peak() -> None:
     """A real forward and backward in a fresh process: the peak resident memory it adds. Measured on
     this project's 2-core VM at these sizes the estimate was 0.67-0.84 of it (3 configurations); the

@@ -15,6 +15,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # fresh processes, each importing torch: not the fast tier
+
 REPO = Path(__file__).resolve().parents[1]
 LIMIT = 6 << 30
 
