@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import pickle
-import struct
 import subprocess
 import sys
 import tempfile
@@ -71,29 +70,34 @@ def bnas(*args: str) -> list[str]:
 
 
 def _billion_laughs(ws: Path) -> None:
-    levels = zip("abcdefgh", "bcdefghi", strict=True)
-    text = "a: &a [x,x,x,x,x,x,x,x,x]\n" + "".join(
-        f"{c}: &{c} [{','.join(['*' + p] * 9)}]\n" for p, c in levels
-    )
-    _study(ws, text, "laughs.yaml")
+    from bnas.testing import billion_laughs_yaml
+
+    _study(ws, billion_laughs_yaml(), "laughs.yaml")
 
 
 def _packed_run(ws: Path, edit: Callable[[dict], None] | None = None, image_size: int = 16) -> None:
     from bnas.eval_network import EvalNetwork
     from bnas.export import export_packed
     from bnas.genotype import GENOTYPES
+    from bnas.testing import rewrite_packed_header
 
     run = ws / "run"
     run.mkdir(exist_ok=True)
     export_packed(EvalNetwork(GENOTYPES.get("bnas_xnor"), C=4, num_classes=10, layers=3), run / "model.bnas")
     (run / "config.json").write_text(json.dumps({"data": {"image_size": image_size}}))
     if edit is not None:
-        data = (run / "model.bnas").read_bytes()
-        (n,) = struct.unpack("<I", data[8:12])
-        header = json.loads(data[12 : 12 + n])
-        edit(header)
-        blob = json.dumps(header).encode()
-        (run / "model.bnas").write_bytes(data[:8] + struct.pack("<I", len(blob)) + blob + data[12 + n :])
+        rewrite_packed_header(run / "model.bnas", edit)
+
+
+def _cifar_damage() -> dict[str, object]:
+    """What ``data_batch_1`` is replaced with, by probe name."""
+    import numpy as np
+
+    return {
+        "a pickled list": [1, 2, 3],
+        "wrong shape": {b"data": np.zeros((4, 100), np.uint8), b"labels": [0, 1, 2, 3]},
+        "label out of range": {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 12]},
+    }
 
 
 def _bad_cifar(ws: Path, damage: str) -> None:
@@ -101,15 +105,11 @@ def _bad_cifar(ws: Path, damage: str) -> None:
 
     root = ws / "badcifar"
     make_fake_cifar(root)
-    batch = root / "cifar-10-batches-py" / "data_batch_1"
-    import numpy as np
+    (root / "cifar-10-batches-py" / "data_batch_1").write_bytes(pickle.dumps(_cifar_damage()[damage], 2))
 
-    if damage == "list":
-        batch.write_bytes(pickle.dumps([1, 2, 3], protocol=2))
-    elif damage == "shape":
-        batch.write_bytes(pickle.dumps({b"data": np.zeros((4, 100), np.uint8), b"labels": [0, 1, 2, 3]}, 2))
-    else:
-        batch.write_bytes(pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 12]}, 2))
+
+def _bad_cifar_search(ws: Path) -> list[str]:
+    return bnas("search", "--data-root", str(ws / "badcifar"), "--out", str(ws / "s"), *TINY_SEARCH)
 
 
 def _finished_search(ws: Path, edit: Callable[[dict], None]) -> None:
@@ -292,29 +292,18 @@ PROBES: list[Probe] = [
         lambda ws: ((ws / "out").mkdir(), (ws / "out" / "mlflow_runs.json").write_text('{"runs": [1]}')),
         "mlflow_runs.json",
     ),
-    Probe(
-        "4",
-        "CIFAR batch: a pickled list",
-        "refused",
-        lambda ws: bnas("search", "--data-root", str(ws / "badcifar"), "--out", str(ws / "s"), *TINY_SEARCH),
-        lambda ws: _bad_cifar(ws, "list"),
-        "data_batch_1",
-    ),
-    Probe(
-        "4",
-        "CIFAR batch: wrong shape",
-        "refused",
-        lambda ws: bnas("search", "--data-root", str(ws / "badcifar"), "--out", str(ws / "s"), *TINY_SEARCH),
-        lambda ws: _bad_cifar(ws, "shape"),
-        "data_batch_1",
-    ),
-    Probe(
-        "4",
-        "CIFAR batch: label out of range",
-        "refused",
-        lambda ws: bnas("search", "--data-root", str(ws / "badcifar"), "--out", str(ws / "s"), *TINY_SEARCH),
-        lambda ws: _bad_cifar(ws, "labels"),
-        "data_batch_1",
+    *(
+        Probe(
+            "4",
+            f"CIFAR batch: {damage}",
+            "refused",
+            lambda ws: bnas(
+                "search", "--data-root", str(ws / "badcifar"), "--out", str(ws / "s"), *TINY_SEARCH
+            ),
+            lambda ws, damage=damage: _bad_cifar(ws, damage),
+            "data_batch_1",
+        )
+        for damage in ("a pickled list", "wrong shape", "label out of range")
     ),
     Probe(
         "4",

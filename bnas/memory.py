@@ -67,7 +67,7 @@ def search_memory(cfg: ExperimentConfig, num_classes: int, in_channels: int = 3)
     )
 
 
-@functools.lru_cache(maxsize=64)  # a study's probe points share a few shapes; each pass costs ~0.4 s
+@functools.lru_cache(maxsize=64)  # a study's probe points share a few shapes; a pass costs ~0.4 s
 def _search_memory(
     layout_name: str,
     channels: int,

@@ -7,8 +7,11 @@ name of :data:`bnas.data.DATASETS` to its writer, so tests can be parametrized o
 
 from __future__ import annotations
 
+import json
+import struct
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,6 +32,25 @@ __all__ = [
 ]
 
 FOLDER_CLASSES = ("ant", "bee", "cow")
+
+
+def billion_laughs_yaml() -> str:
+    """A "billion laughs" YAML text: nine aliases per level, nine levels (a few hundred bytes that
+    expand to 9**9 values)."""
+    levels = zip("abcdefgh", "bcdefghi", strict=True)
+    return "a: &a [x,x,x,x,x,x,x,x,x]\n" + "".join(
+        f"{c}: &{c} [{','.join(['*' + p] * 9)}]\n" for p, c in levels
+    )
+
+
+def rewrite_packed_header(path: Path, edit: Callable[[dict[str, Any]], None]) -> None:
+    """The packed file (``bnas.export``) with its JSON header edited by ``edit``, payload untouched."""
+    data = path.read_bytes()
+    (n,) = struct.unpack("<I", data[8:12])
+    header = json.loads(data[12 : 12 + n])
+    edit(header)
+    blob = json.dumps(header).encode()
+    path.write_bytes(data[:8] + struct.pack("<I", len(blob)) + blob + data[12 + n :])
 
 
 def _fake_images(labels: np.ndarray, num_classes: int, rng: np.random.Generator) -> np.ndarray:

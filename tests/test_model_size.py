@@ -18,6 +18,7 @@ from bnas.export import MAGIC, MAGIC_V1, PackedFormatError, export_packed, load_
 from bnas.folding import ChannelAffine, FoldedConv2d, fold_network, is_folded
 from bnas.genotype import GENOTYPES
 from bnas.model_size import size_report
+from bnas.testing import rewrite_packed_header
 
 METHODS = BINARIZATIONS.names()
 KEYS = {
@@ -292,16 +293,6 @@ def test_loaded_network_runs_on_a_given_device(version: int, tmp_path: Path) -> 
         assert out.device.type == "cuda" and _rel_err(out.cpu(), ref) < 1e-2
 
 
-def _rewrite_header(path: Path, edit) -> None:
-    """The packed file with its JSON header edited (the payload and its checksum untouched)."""
-    data = path.read_bytes()
-    (n,) = struct.unpack("<I", data[8:12])
-    header = json.loads(data[12 : 12 + n])
-    edit(header)
-    blob = json.dumps(header).encode()
-    path.write_bytes(data[:8] + struct.pack("<I", len(blob)) + blob + data[12 + n :])
-
-
 @pytest.mark.parametrize(
     "edit, match",
     [
@@ -318,7 +309,7 @@ def test_a_tampered_header_is_refused_before_anything_is_built(tmp_path: Path, e
     unknown keys: one PackedFormatError naming the file, in well under a second, nothing allocated."""
     path = tmp_path / "m.bnas"
     export_packed(_trained_like(_net("xnor", C=4, layers=3)), path)
-    _rewrite_header(path, edit)
+    rewrite_packed_header(path, edit)
     with pytest.raises(PackedFormatError, match=match) as e:
         load_packed(path)
     assert str(e.value).startswith(str(path))

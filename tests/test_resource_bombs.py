@@ -8,7 +8,6 @@ with ``on_bad_image: skip``; and ``summary --channels 1000000``.
 
 from __future__ import annotations
 
-import json
 import resource
 import subprocess
 import sys
@@ -16,6 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from bnas.testing import billion_laughs_yaml, rewrite_packed_header
 
 pytestmark = pytest.mark.slow  # fresh processes, each importing torch: not the fast tier
 
@@ -45,12 +46,7 @@ def _run(code: str, *args: str, timeout: float = 120) -> subprocess.CompletedPro
 
 def test_a_billion_laughs_file_is_refused_in_bounded_memory(tmp_path: Path) -> None:
     bomb = tmp_path / "bomb.yaml"
-    bomb.write_text(
-        "a: &a [x,x,x,x,x,x,x,x,x]\n"
-        + "".join(
-            f"{c}: &{c} [{','.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi", strict=True)
-        )
-    )
+    bomb.write_text(billion_laughs_yaml())
     code = "import sys; from bnas.yaml_files import read_yaml; read_yaml(sys.argv[1])"
     res = _run(code, str(bomb))
     assert res.returncode != 0 and "100,000 values" in res.stderr, res.stderr[-2000:]
@@ -58,8 +54,6 @@ def test_a_billion_laughs_file_is_refused_in_bounded_memory(tmp_path: Path) -> N
 
 
 def test_a_packed_header_promising_a_huge_network_is_refused_in_bounded_memory(tmp_path: Path) -> None:
-    import struct
-
     from bnas.eval_network import EvalNetwork
     from bnas.export import export_packed
     from bnas.genotype import GENOTYPES
@@ -67,13 +61,7 @@ def test_a_packed_header_promising_a_huge_network_is_refused_in_bounded_memory(t
     path = tmp_path / "m.bnas"
     net = EvalNetwork(GENOTYPES.get("bnas_xnor"), C=4, num_classes=10, layers=3, auxiliary=False)
     export_packed(net, path)
-    data = path.read_bytes()
-    (n,) = struct.unpack("<I", data[8:12])
-    header = json.loads(data[12 : 12 + n])
-    header["build"]["C"] = 1000
-    header["build"]["layers"] = 100
-    blob = json.dumps(header).encode()
-    path.write_bytes(data[:8] + struct.pack("<I", len(blob)) + blob + data[12 + n :])
+    rewrite_packed_header(path, lambda h: h["build"].update(C=1000, layers=100))
     code = (
         "import sys\nfrom bnas.export import PackedFormatError, load_packed\n"
         "try:\n    load_packed(sys.argv[1])\nexcept PackedFormatError as e:\n    print('refused:', e)\n"

@@ -255,11 +255,13 @@ def _single_machine_cluster(address: str, timeout_s: float = 10.0) -> bool:
     host = address.rpartition(":")[0].strip("[]")
     if not host or not is_loopback(host):
         return False
+    try:
+        from ray._raylet import GcsClient
+    except ImportError:  # Ray's GCS client moved: join as before
+        return False
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            from ray._raylet import GcsClient
-
             nodes = GcsClient(address=address).get_all_node_info(timeout=timeout_s).values()
             ips = [n.node_manager_address for n in nodes if n.state == 0]  # GcsNodeInfo.ALIVE
         except Exception:  # noqa: BLE001  (cannot ask: join as before; ray.init reports what is wrong)
@@ -366,7 +368,9 @@ def check_memory(
     for point in spec.space.probe_points():
         cfg = spec.trial_config(point)
         sc = cfg.search
+        # What sets the memory (the binarization method barely does: one pass for all methods).
         shape = (sc.batch_size, cfg.data.image_size, sc.init_channels, sc.layers, sc.sampling_k, sc.nodes)
+        shape += (tuple(sc.candidate_ops()), cfg.network_layout())
         if shape in seen:
             continue
         seen.add(shape)

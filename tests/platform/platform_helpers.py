@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 RUN_PY = REPO / "run.py"
@@ -142,3 +145,17 @@ def isolate_run_env(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
     for var in RUN_PY_ENV:
         monkeypatch.delenv(var, raising=False)
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(where: Path, options: str) -> Iterator[Path]:
+    """A tmpfs mounted at ``where`` (created) with ``options`` (``size=2m``, ``ro,size=1m``...), for
+    a full or read-only file system; the test is skipped where mounting is not allowed."""
+    where.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.decode(errors='replace').strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)

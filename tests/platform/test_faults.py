@@ -32,7 +32,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 from platform_fixtures import HEAD_PIDS
-from platform_helpers import cli_env, end_group, free_port, run_cli, smoke_args, start_cli
+from platform_helpers import cli_env, end_group, free_port, mounted_tmpfs, run_cli, smoke_args, start_cli
 
 from bnas.platform.cluster import is_loopback
 from bnas.platform.tracking_schema import experiment_name, search_all
@@ -467,15 +467,8 @@ def test_two_node_cluster_loses_a_node_mid_search(tmp_path: Path, fake_cifar_roo
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 2 MiB tmpfs (a full disk within seconds of a study); skipped where mounting is not allowed."""
-    where = tmp_path / "small_disk"
-    where.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)], capture_output=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.decode(errors='replace').strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "small_disk", "size=2m") as where:
         yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], capture_output=True)
 
 
 def test_a_disk_that_fills_mid_study_is_one_error_line_and_leaves_nothing_running(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from platform_helpers import load_run_main, smoke_args
+from platform_helpers import load_run_main, mounted_tmpfs, smoke_args
 
 from bnas.config import ConfigError
 from bnas.platform import orchestrate
@@ -305,14 +305,7 @@ def test_a_read_only_output_folder_is_one_error(
 ) -> None:
     """A read-only file system (root writes through permissions, so a read-only tmpfs): exit 2, one
     line naming the folder, no MLflow store created; skipped where mounting is not allowed."""
-    import subprocess
-
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], capture_output=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.decode(errors='replace').strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "ro", "ro,size=1m") as ro:
         argv = smoke_args(ro / "study", f"sqlite:///{tmp_path / 'mlflow.db'}", fake_cifar_root)
         rc = run_main([*argv, "--no-dashboard", "--quiet"])
         err = capsys.readouterr().err
@@ -323,8 +316,6 @@ def test_a_read_only_output_folder_is_one_error(
             "writable folder, then rerun (it resumes)\n"
         ), err
         assert not (tmp_path / "mlflow.db").exists()
-    finally:
-        subprocess.run(["umount", "-l", str(ro)], capture_output=True)
 
 
 def test_every_problem_of_a_duplicated_file_is_listed(tmp_path: Path) -> None:
